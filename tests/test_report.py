@@ -1,0 +1,468 @@
+"""Claim checks and the study report, on synthetic results whose truth is known by construction.
+
+Numbers in the claims are checked against independent pandas/scipy computations written out
+here; verdicts against effects built far outside (or exactly inside) the seed spread.
+"""
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from nmtune._validation import NMTuneError
+from nmtune.cli import COMMANDS
+from nmtune.cli.report import register
+from nmtune.report import Claim, build_report, check_claims, load_results, summary_table
+
+RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
+SEEDS = (0, 1, 2)
+METHODS = ("lp", "mlp", "nmtune")
+ID_TASKS = {"fmnist": "fashion-mnist/train", "mnist": "mnist/train"}
+OOD_TASKS = {"mnist->digits": "mnist/train"}
+
+
+def make_results(id_effect=None, ood_effect=None, method_gain=None, jitter=0.002, seed=0):
+    """One row per (ratio, seed, task, method); accuracy = base + effect(ratio, seed) + gain.
+
+    ``id_effect(ratio, seed)`` / ``ood_effect(ratio, seed)`` give the noise effect (fraction),
+    ``method_gain[method]`` a per-method offset; ``jitter`` adds small seeded noise.
+    """
+    id_effect = id_effect or (lambda r, s: 0.0)
+    ood_effect = ood_effect or (lambda r, s: 0.0)
+    method_gain = method_gain or {}
+    rng = np.random.default_rng(seed)
+    rows = []
+    tasks = [(t, "id", s, 0.85, id_effect) for t, s in ID_TASKS.items()]
+    tasks += [(t, "ood", s, 0.55, ood_effect) for t, s in OOD_TASKS.items()]
+    for ratio in RATIOS:
+        for s in SEEDS:
+            for task, kind, train_set, base, effect in tasks:
+                for method in METHODS:
+                    acc = base + effect(ratio, s) + method_gain.get(method, 0.0)
+                    rows.append({
+                        "noise_type": "symmetric", "noise_ratio": ratio,
+                        "realised_noise_rate": ratio, "seed": s, "task": task, "kind": kind,
+                        "train_set": train_set, "test_set": task + "/test", "method": method,
+                        "protocol": "last-epoch",
+                        "accuracy": float(np.clip(acc + rng.normal(0, jitter), 0, 1)),
+                        "chance": 0.1, "n_train": 1000, "n_test": 500,
+                        "fit_seconds": 1.0 + rng.random(),
+                        "loss_mse": 0.01 if method == "nmtune" else np.nan,
+                        "loss_cov": 0.5 if method == "nmtune" else np.nan,
+                        "loss_svd": 1e-4 if method == "nmtune" else np.nan,
+                    })
+    return pd.DataFrame(rows)
+
+
+def make_spectrum(sve=lambda r, s: 3.0 + r, lsvr=lambda r, s: 0.2 - 0.1 * r, d=16):
+    rows = []
+    for ratio in RATIOS:
+        for s in SEEDS:
+            values = np.sort(np.random.default_rng(s).uniform(0.1, 1, d) * (1 + ratio))[::-1]
+            rows.append({
+                "noise_type": "symmetric", "noise_ratio": ratio, "seed": s,
+                "features_of": "fashion-mnist/test", "sve": sve(ratio, s), "lsvr": lsvr(ratio, s),
+                "effective_rank": np.exp(sve(ratio, s)), "n": 500, "d": d,
+                "singular_values": json.dumps(values.tolist()),
+            })
+    return pd.DataFrame(rows)
+
+
+def make_pretrain():
+    return pd.DataFrame([
+        {"noise_type": "symmetric", "noise_ratio": r, "seed": s, "realised_noise_rate": r,
+         "train_acc_noisy": 0.9 - r, "train_acc_clean": 0.9, "eval_acc": 0.88, "seconds": 50.0}
+        for r in RATIOS for s in SEEDS
+    ])
+
+
+def small_results():
+    """Clean models only (no noise grid): the quickest report to draw."""
+    results = make_results(method_gain={"nmtune": 0.03})
+    return results[results["noise_ratio"] == 0]
+
+
+def write_study(tmp_path, results, spectrum=None, pretrain=None, meta=True):
+    results.to_csv(tmp_path / "results.csv", index=False)
+    if spectrum is not None:
+        spectrum.to_csv(tmp_path / "spectrum.csv", index=False)
+    if pretrain is not None:
+        pretrain.to_csv(tmp_path / "pretrain.csv", index=False)
+    if meta:
+        (tmp_path / "study.json").write_text(json.dumps({
+            "name": "synthetic", "config": {"seeds": list(SEEDS), "noise": {"ratios": RATIOS}},
+            "total_seconds": 123.4, "machine": "test box", "nmtune_version": "0.1.0",
+        }))
+    return tmp_path
+
+
+def claims_by_topic(results, spectrum=None):
+    claims = check_claims(results, spectrum)
+    topics = ("slight_id", "ood", "sve", "lsvr", "nmtune_id", "nmtune_ood")
+    return dict(zip(topics, claims, strict=True))
+
+
+# --- independent references -----------------------------------------------------------------
+
+
+def reference_noise_diffs(results, kind, ratios):
+    """Per (seed, task, method): mean accuracy at ``ratios`` minus accuracy at 0, in points."""
+    rows = results[results["kind"] == kind]
+    keys = ["seed", "task", "method"]
+    clean = rows[rows["noise_ratio"] == 0].set_index(keys)["accuracy"]
+    noisy = rows[rows["noise_ratio"].isin(ratios)].groupby(keys)["accuracy"].mean()
+    return 100 * (noisy - clean)
+
+
+def mean_se(diffs):
+    diffs = np.asarray(diffs)
+    return diffs.mean(), diffs.std(ddof=1) / np.sqrt(len(diffs))
+
+
+# --- claim 1: slight noise helps ID ---------------------------------------------------------
+
+
+def test_slight_noise_helping_id_is_reproduced_with_matching_numbers():
+    bump = lambda r, s: 0.04 if r in (0.05, 0.1) else -0.02 * r  # noqa: E731
+    results = make_results(id_effect=bump)
+    claim = claims_by_topic(results)["slight_id"]
+    assert claim.verdict == "reproduced"
+    diffs = reference_noise_diffs(results, "id", (0.05, 0.1))
+    mean, se = mean_se(diffs)
+    assert claim.statistics["n"] == len(diffs) == len(SEEDS) * len(ID_TASKS) * len(METHODS)
+    assert claim.statistics["mean_diff_pts"] == pytest.approx(mean)
+    assert claim.statistics["se_pts"] == pytest.approx(se)
+    assert claim.statistics["up"] == int((diffs > 0).sum())
+    assert f"{mean:+.2f} ± {se:.2f}" in claim.evidence
+    lp = diffs.xs("lp", level="method")
+    assert claim.statistics["lp.mean_diff_pts"] == pytest.approx(lp.mean())
+    assert f"p={stats.binomtest(int((diffs > 0).sum()), len(diffs)).pvalue:.3g}" in claim.evidence
+
+
+def test_flat_id_accuracy_is_inconclusive():
+    # Even seeds gain one point, odd seeds lose one: the mean (≈0) sits inside the spread.
+    swing = lambda r, s: 0.0 if r == 0 else (0.01 if s % 2 == 0 else -0.01)  # noqa: E731
+    results = make_results(id_effect=swing, jitter=0.0)
+    results = results[results["seed"] < 2]
+    assert claims_by_topic(results)["slight_id"].verdict == "inconclusive"
+
+
+def test_slight_noise_clearly_hurting_id_is_not_reproduced():
+    results = make_results(id_effect=lambda r, s: -0.05 * (r > 0))
+    claim = claims_by_topic(results)["slight_id"]
+    assert claim.verdict == "not reproduced"
+    assert claim.statistics["mean_diff_pts"] == pytest.approx(-5, abs=0.2)
+
+
+def test_clean_baseline_filed_under_another_noise_type_still_pairs():
+    results = make_results(id_effect=lambda r, s: 0.04 * (r > 0))
+    results.loc[results["noise_ratio"] == 0, "noise_type"] = "none"
+    claim = claims_by_topic(results)["slight_id"]
+    assert claim.verdict == "reproduced"
+    mean, _ = mean_se(reference_noise_diffs(results, "id", (0.05, 0.1)))
+    assert claim.statistics["mean_diff_pts"] == pytest.approx(mean)
+
+
+# --- claim 2: noise hurts OOD ---------------------------------------------------------------
+
+
+def test_noise_hurting_ood_is_reproduced_with_matching_spearman():
+    results = make_results(ood_effect=lambda r, s: -0.5 * r)
+    claim = claims_by_topic(results)["ood"]
+    assert claim.verdict == "reproduced"
+    diffs = reference_noise_diffs(results, "ood", (0.3,))
+    mean, se = mean_se(diffs)
+    assert claim.statistics["mean_diff_pts"] == pytest.approx(mean)
+    assert claim.statistics["se_pts"] == pytest.approx(se)
+    ood = results[results["kind"] == "ood"]
+    centred = ood["accuracy"] - ood.groupby(["task", "method"])["accuracy"].transform("mean")
+    rho, p = stats.spearmanr(ood["noise_ratio"], centred)
+    assert claim.statistics["spearman_rho"] == pytest.approx(rho)
+    assert claim.statistics["spearman_p"] == pytest.approx(p)
+    assert rho < -0.9
+    assert f"ρ={rho:+.3f}" in claim.evidence
+
+
+def test_noise_helping_ood_is_not_reproduced_and_flat_is_inconclusive():
+    helped = make_results(ood_effect=lambda r, s: 0.5 * r)
+    assert claims_by_topic(helped)["ood"].verdict == "not reproduced"
+    swing = lambda r, s: 0.0 if r == 0 else (0.02 if s % 2 == 0 else -0.02)  # noqa: E731
+    flat = make_results(ood_effect=swing, jitter=0.0)
+    assert claims_by_topic(flat[flat["seed"] < 2])["ood"].verdict == "inconclusive"
+
+
+# --- claim 3: spectrum ----------------------------------------------------------------------
+
+
+def test_spectrum_moving_as_claimed_is_reproduced_with_rho_one():
+    claims = claims_by_topic(make_results(), make_spectrum())
+    assert claims["sve"].verdict == "reproduced"
+    assert claims["lsvr"].verdict == "reproduced"
+    assert claims["sve"].statistics["spearman_rho"] == pytest.approx(1.0)
+    assert claims["lsvr"].statistics["spearman_rho"] == pytest.approx(-1.0)
+    assert "ρ=+1.000" in claims["sve"].evidence
+
+
+def test_spectrum_moving_the_other_way_or_not_at_all():
+    spectrum = make_spectrum(sve=lambda r, s: 3.0 - r, lsvr=lambda r, s: 0.2)
+    claims = claims_by_topic(make_results(), spectrum)
+    assert claims["sve"].verdict == "not reproduced"
+    assert claims["lsvr"].verdict == "inconclusive"  # constant: no correlation defined
+
+
+def test_spectrum_claims_match_scipy_on_noisy_values():
+    rng = np.random.default_rng(3)
+    spectrum = make_spectrum(sve=lambda r, s: 3.0 + 0.3 * r + rng.normal(0, 0.05))
+    claim = claims_by_topic(make_results(), spectrum)["sve"]
+    rho, p = stats.spearmanr(spectrum["noise_ratio"], spectrum["sve"])
+    assert claim.statistics["spearman_rho"] == pytest.approx(rho)
+    assert claim.statistics["spearman_p"] == pytest.approx(p)
+    assert claim.verdict == ("reproduced" if p < 0.05 and rho > 0 else "inconclusive")
+
+
+def test_spectrum_claims_not_testable_without_spectrum():
+    claims = claims_by_topic(make_results())
+    assert claims["sve"].verdict == claims["lsvr"].verdict == "not testable"
+
+
+# --- claim 4: NMTune beats LP and MLP -------------------------------------------------------
+
+
+def test_nmtune_winning_is_reproduced_with_paired_numbers():
+    results = make_results(method_gain={"nmtune": 0.03})
+    claims = claims_by_topic(results)
+    assert claims["nmtune_id"].verdict == claims["nmtune_ood"].verdict == "reproduced"
+    ids = results[results["kind"] == "id"]
+    table = ids.pivot_table(index=["noise_ratio", "seed", "task"], columns="method",
+                            values="accuracy")
+    for baseline in ("lp", "mlp"):
+        mean, se = mean_se(100 * (table["nmtune"] - table[baseline]))
+        stats_ = claims["nmtune_id"].statistics
+        assert stats_[f"vs_{baseline}.mean_diff_pts"] == pytest.approx(mean)
+        assert stats_[f"vs_{baseline}.se_pts"] == pytest.approx(se)
+        assert stats_[f"vs_{baseline}.n"] == len(table)
+
+
+def test_nmtune_losing_to_one_baseline_is_not_reproduced():
+    results = make_results(method_gain={"nmtune": 0.03, "lp": 0.06})
+    assert claims_by_topic(results)["nmtune_id"].verdict == "not reproduced"
+
+
+def test_nmtune_tied_with_baselines_is_inconclusive():
+    results = make_results(jitter=0.0)
+    assert claims_by_topic(results)["nmtune_id"].verdict == "inconclusive"
+
+
+def test_missing_method_is_not_testable_and_missing_baseline_is_said():
+    results = make_results(method_gain={"nmtune": 0.03})
+    assert claims_by_topic(results[results["method"] != "nmtune"])["nmtune_id"].verdict == (
+        "not testable"
+    )
+    claim = claims_by_topic(results[results["method"] != "mlp"])["nmtune_id"]
+    assert claim.verdict == "reproduced"
+    assert "no MLP rows" in claim.evidence
+
+
+# --- studies without a noise grid -----------------------------------------------------------
+
+
+def test_no_noise_grid_makes_noise_claims_not_testable():
+    results = make_results(method_gain={"nmtune": 0.03})
+    results = results[results["noise_ratio"] == 0].drop(columns=["noise_ratio", "noise_type"])
+    spectrum = make_spectrum()
+    spectrum = spectrum[spectrum["noise_ratio"] == 0]
+    claims = claims_by_topic(results, spectrum)
+    for topic in ("slight_id", "ood", "sve", "lsvr"):
+        assert claims[topic].verdict == "not testable", topic
+    assert claims["nmtune_id"].verdict == "reproduced"
+
+
+def test_claim_rejects_unknown_verdict():
+    with pytest.raises(NMTuneError, match="verdict"):
+        Claim("x", "maybe", "")
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda df: df.assign(accuracy=df["accuracy"] * 100), "fractions in \\[0, 1\\]"),
+        (lambda df: df.assign(kind="test"), "'id' or 'ood'"),
+        (lambda df: df.drop(columns=["method"]), "required column"),
+        (lambda df: df.assign(accuracy="high"), "numeric"),
+    ],
+)
+def test_bad_results_raise_clear_errors(tmp_path, change, match):
+    write_study(tmp_path, change(make_results()))
+    with pytest.raises(NMTuneError, match=match):
+        load_results(tmp_path)
+
+
+def test_missing_directory_or_results_file(tmp_path):
+    with pytest.raises(NMTuneError, match="not found"):
+        load_results(tmp_path / "nope")
+    with pytest.raises(NMTuneError, match="no results.csv"):
+        load_results(tmp_path)
+
+
+def test_corrupt_singular_values_raise(tmp_path):
+    spectrum = make_spectrum().assign(singular_values="[1, 2,")
+    write_study(tmp_path, make_results(), spectrum)
+    with pytest.raises(NMTuneError, match="singular_values"):
+        load_results(tmp_path)
+
+
+def test_missing_optional_columns_degrade_with_notes(tmp_path):
+    write_study(tmp_path, make_results().drop(columns=["chance", "train_set", "seed"]))
+    study = load_results(tmp_path)
+    text = " ".join(study.notes)
+    for column in ("chance", "train_set", "seed", "spectrum.csv"):
+        assert column in text
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    results = make_results(id_effect=lambda r, s: 0.04 * (r > 0), ood_effect=lambda r, s: -0.5 * r,
+                           method_gain={"nmtune": 0.03})
+    write_study(root, results, make_spectrum(), make_pretrain())
+    return root, build_report(root)
+
+
+def test_report_writes_all_files_atomically(full_report):
+    root, paths = full_report
+    for key in ("html", "markdown", "claims"):
+        assert paths[key].is_file() and paths[key].parent == root
+    figures = sorted(p.name for p in paths["figures"].iterdir())
+    assert figures == ["id_accuracy.png", "ood_accuracy.png", "singular_values.png",
+                       "spectrum_metrics.png"]
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_html_is_self_contained(full_report):
+    html = full_report[1]["html"].read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html)
+    assert "<link" not in html and "<script" not in html
+
+
+def test_markdown_has_tables_verdicts_and_linked_figures(full_report):
+    root, paths = full_report
+    md = paths["markdown"].read_text()
+    assert "| claim | verdict | evidence |" in md
+    for verdict in ("reproduced",):
+        assert f"| {verdict} |" in md
+    for link in re.findall(r"\]\((figures/[^)]+\.png)\)", md):
+        assert (root / link).is_file()
+    assert "requested noise" in md and "realised noise %" in md  # pre-training table
+    assert "SVE" in md and "loss_cov" in md and "mean seconds per fit" in md
+    assert "How the verdicts are decided" in md
+    assert "total seconds: 123 s (2 min 3 s)" in md
+    claims = json.loads(paths["claims"].read_text())
+    assert [c["verdict"] for c in claims] == ["reproduced"] * 6
+
+
+def test_accuracy_table_cells_match_pandas(full_report):
+    root, paths = full_report
+    results = pd.read_csv(root / "results.csv")
+    cell = results[(results["task"] == "fmnist") & (results["method"] == "lp")
+                   & (results["noise_ratio"] == 0.2)]["accuracy"] * 100
+    expected = f"{cell.mean():.1f} ± {cell.std():.1f} ({len(cell)})"
+    row = next(line for line in paths["markdown"].read_text().splitlines()
+               if line.startswith("| ID | fmnist | symmetric | 20% |"))
+    assert expected in row
+
+
+def test_report_without_optional_files(tmp_path):
+    results = make_results(method_gain={"nmtune": 0.03})
+    paths = build_report(write_study(tmp_path, results, meta=False), tmp_path / "out")
+    md = paths["markdown"].read_text()
+    assert "no spectrum.csv" in md and "no study.json" in md
+    assert "### Pre-training" not in md
+    assert "recorded fit and pretraining seconds" in md
+    assert sorted(p.name for p in paths["figures"].iterdir()) == ["id_accuracy.png",
+                                                                   "ood_accuracy.png"]
+    assert not (tmp_path / "report.html").exists()  # --out honoured
+
+
+def test_report_for_real_backbone_study_without_noise_grid(tmp_path):
+    results = small_results().drop(columns=["noise_ratio", "noise_type"])
+    spectrum = make_spectrum()
+    spectrum = spectrum[spectrum["noise_ratio"] == 0].drop(columns=["noise_ratio"])
+    paths = build_report(write_study(tmp_path, results, spectrum))
+    names = sorted(p.name for p in paths["figures"].iterdir())
+    assert names == ["method_comparison.png", "singular_values.png"]
+    md = paths["markdown"].read_text()
+    assert "| kind | task | lp | mlp | nmtune |" in md
+    assert "| noise ratio |" not in md
+    assert md.count("not testable") >= 4
+
+
+def test_failed_build_leaves_previous_report(tmp_path, monkeypatch):
+    paths = build_report(write_study(tmp_path, small_results()))
+    before = paths["html"].read_bytes()
+    monkeypatch.setattr("nmtune.report._render_html", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        build_report(tmp_path)
+    assert paths["html"].read_bytes() == before
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def run_cli(argv):
+    # Only the report verb: the CLI's other verbs belong to other modules.
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_prints_paths_and_verdicts(tmp_path, capsys):
+    write_study(tmp_path, small_results())
+    assert run_cli(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "r" / "report.html") in out
+    assert re.search(r"reproduced +NMTune beats LP and MLP in-domain \(ID\)", out)
+    with pytest.raises(NMTuneError, match="not found"):
+        run_cli(["report", str(tmp_path / "missing")])
+
+
+def test_report_verb_is_registered():
+    assert "report" in COMMANDS
+
+
+def test_protocols_and_clean_noise_type_get_their_own_columns(tmp_path):
+    results = make_results(method_gain={"nmtune": 0.03})
+    results = pd.concat([results, results.assign(protocol="val-selected")], ignore_index=True)
+    results.loc[results["noise_ratio"] == 0, "noise_type"] = "none"
+    md = build_report(write_study(tmp_path, results))["markdown"].read_text()
+    assert "| kind | task | noise type | noise ratio | lp (last-epoch) | lp (val-selected) |" in md
+    # The clean model, filed under "none", is the 0% point of the symmetric curves.
+    assert "| ID | fmnist | symmetric | 0% |" in md
+
+
+def test_summary_table_for_the_terminal():
+    results = make_results()
+    text = summary_table(results)
+    cell = results[(results["task"] == "mnist") & (results["method"] == "nmtune")
+                   & (results["noise_ratio"] == 0.05)]["accuracy"] * 100
+    pattern = r"\s*ID\s+mnist\s+symmetric\s+5%"
+    line = next(row for row in text.splitlines() if re.match(pattern, row))
+    assert f"{cell.mean():.1f} ± {cell.std():.1f} (3)" in line
+
+
+def test_claims_not_testable_without_slight_ratios_or_ood_rows():
+    results = make_results()
+    coarse = results[~results["noise_ratio"].isin([0.05, 0.1])]
+    claim = claims_by_topic(coarse)["slight_id"]
+    assert claim.verdict == "not testable" and "5-10%" in claim.evidence
+    id_only = claims_by_topic(results[results["kind"] == "id"])
+    assert id_only["ood"].verdict == id_only["nmtune_ood"].verdict == "not testable"
