@@ -56,7 +56,7 @@ class Dataset:
         return len(self.classes)
 
     def take(self, indices: np.ndarray, tag: str) -> Dataset:
-        """A new dataset with the rows ``indices``; ``tag`` names the selection in the fingerprint."""
+        """A new dataset of the rows ``indices``; ``tag`` names the selection in its fingerprint."""
         indices = np.asarray(indices, dtype=np.int64)
         inputs = (
             [self.inputs[i] for i in indices] if self.modality == "text" else self.inputs[indices]
@@ -82,7 +82,9 @@ class Dataset:
 
         idx = np.arange(len(self))
         counts = np.bincount(self.labels, minlength=self.num_classes)
-        stratify = self.labels if counts[counts > 0].min() >= 2 and limit >= self.num_classes else None
+        stratify = (
+            self.labels if counts[counts > 0].min() >= 2 and limit >= self.num_classes else None
+        )
         chosen, _ = train_test_split(idx, train_size=limit, random_state=seed, stratify=stratify)
         return self.take(np.sort(chosen), f"subset:{limit}:{seed}")
 
@@ -93,3 +95,21 @@ def _digest(*parts) -> str:
         h.update(str(p).encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def content_digest(inputs: np.ndarray | list[str], labels: np.ndarray, *tags) -> str:
+    """Fingerprint of the data itself (plus ``tags``), so equal content gives equal digests.
+
+    Hashing the bytes rather than a source's name means a re-packaged or re-downloaded copy
+    of the same data keeps its feature cache, and a changed one cannot reuse it.
+    """
+    h = hashlib.sha256()
+    if isinstance(inputs, np.ndarray):
+        h.update(f"{inputs.dtype.str}{inputs.shape}".encode())
+        h.update(np.ascontiguousarray(inputs).data)
+    else:
+        for text in inputs:
+            h.update(text.encode("utf-8", "surrogatepass"))
+            h.update(b"\0")
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    return _digest(h.hexdigest(), *tags)
