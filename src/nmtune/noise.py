@@ -441,17 +441,12 @@ class NoiseSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> NoiseSpec:
-        """Build from a config mapping; ``"type"`` is accepted as a synonym of ``"kind"``.
+        """Build from a config mapping.
 
         Unknown keys are an error, so a typo never silently means "no noise".
         """
-        d = dict(d)
-        if "type" in d:
-            kind = d.pop("type")
-            if d.setdefault("kind", kind) != kind:
-                raise NMTuneError(f"noise 'type' {kind!r} and 'kind' {d['kind']!r} disagree")
         unknown = set(d) - {"kind", "rate", "seed", "matrix", "mapping"}
         if unknown:
-            raise NMTuneError(f"unknown noise setting(s) {sorted(unknown)}; known: kind (or type),"
-                              " rate, seed, matrix, mapping")
+            raise NMTuneError(f"unknown noise setting(s) {sorted(unknown)}; known: kind, rate, "
+                              "seed, matrix, mapping")
         return cls(**d)
