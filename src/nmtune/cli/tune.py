@@ -1,0 +1,107 @@
+"""``nmtune tune``: fit a linear probe, MLP probe or NMTune on a feature file, score test files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+#: ``--method`` values and the estimator each names (imported lazily: torch is slow to load).
+METHODS = {"lp": "LinearProbe", "mlp": "MLPProbe", "nmtune": "NMTuneClassifier"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tune",
+        help="fit LP / MLP / NMTune on a feature file and print test accuracy",
+        description="Fit a tuner on the features of TRAIN.npz (N×D, or V×N×D augmented views) "
+        "and print the accuracy on each test file, with its size, the chance level (1/K for "
+        "K training classes) and the fit time. Test files are read as N×D (view 0 of V×N×D).",
+    )
+    p.add_argument("--train", required=True, metavar="TRAIN.npz", help="training feature file")
+    p.add_argument("--test", required=True, action="append", metavar="NAME=TEST.npz",
+                   help="a named test feature file; repeat for several (ID, OOD, ...)")
+    p.add_argument("--method", required=True, choices=sorted(METHODS),
+                   help="lp: CLIP-protocol linear probe; mlp: MLP probe; nmtune: NMTune")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs for mlp/nmtune (default: the tuner's, 30)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _parse_tests(specs: list[str]) -> dict[str, str]:
+    from .._validation import NMTuneError
+
+    tests: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise NMTuneError(f"--test wants NAME=PATH (e.g. id=test.npz), got {spec!r}")
+        if name in tests:
+            raise NMTuneError(f"--test name {name!r} is given twice")
+        tests[name] = path
+    return tests
+
+
+def _estimator(args: argparse.Namespace):
+    from .. import tuners
+    from .._validation import NMTuneError
+
+    params = {"random_state": args.seed, "device": args.device}
+    if args.epochs is not None:
+        if args.method == "lp":
+            raise NMTuneError("--epochs applies to mlp and nmtune; lp runs L-BFGS to convergence")
+        if args.epochs < 1:
+            raise NMTuneError(f"--epochs must be >= 1, got {args.epochs}")
+        params["epochs"] = args.epochs
+    return getattr(tuners, METHODS[args.method])(**params)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._io import load_feature_file
+    from .._validation import NMTuneError
+
+    estimator = _estimator(args)
+    X_train, y_train, _ = load_feature_file(args.train)
+    # Read every test file before fitting, so a bad path fails in a second, not after training.
+    tests = {name: (path, *load_feature_file(path)[:2])
+             for name, path in _parse_tests(args.test).items()}
+    for name, (_, X_test, _) in tests.items():
+        if X_test.shape[-1:] != X_train.shape[-1:]:
+            raise NMTuneError(
+                f"test {name!r} has features of width {X_test.shape[-1]} but {args.train} has "
+                f"{X_train.shape[-1]}; they must come from the same backbone"
+            )
+
+    start = time.perf_counter()
+    estimator.fit(X_train, y_train)
+    fit_seconds = time.perf_counter() - start
+    n_classes = len(estimator.classes_)
+    result = {
+        "method": args.method,
+        "seed": args.seed,
+        "train": {"path": str(args.train), "n": int(len(y_train)),
+                  "d": int(X_train.shape[-1]), "classes": n_classes},
+        "fit_seconds": round(fit_seconds, 3),
+        "tests": {
+            name: {"path": path, "n": int(len(y_test)),
+                   "accuracy": float(estimator.score(X_test, y_test)), "chance": 1.0 / n_classes}
+            for name, (path, X_test, y_test) in tests.items()
+        },
+    }
+    print(json.dumps(result) if args.json else _format(result))
+    return 0
+
+
+def _format(r: dict) -> str:
+    t = r["train"]
+    lines = [
+        f"{r['method']} (seed {r['seed']}) on {t['path']}: N={t['n']}, D={t['d']}, "
+        f"K={t['classes']}; fit {r['fit_seconds']:.2f} s",
+        f"{'test':<12} {'n':>7} {'accuracy':>9} {'chance':>7}",
+    ]
+    lines += [f"{name:<12} {s['n']:>7} {s['accuracy']:>9.4f} {s['chance']:>7.4f}"
+              for name, s in r["tests"].items()]
+    return "\n".join(lines)

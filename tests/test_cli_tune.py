@@ -1,0 +1,95 @@
+"""``nmtune tune`` through ``nmtune.cli.main`` on feature files made from sklearn digits."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from nmtune._io import save_feature_file
+from nmtune.cli import main
+from test_tuners import one_thread  # noqa: F401 (autouse fixture: tiny tensors, one thread)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0  # pixels in [0, 1], near the scale of backbone features
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[:1200], order[1200:]
+    paths = {"train": root / "train.npz", "id": root / "id.npz", "ood": root / "ood.npz",
+             "narrow": root / "narrow.npz", "views": root / "views.npz"}
+    save_feature_file(paths["train"], X[train], y[train])
+    save_feature_file(paths["id"], X[test], y[test])
+    save_feature_file(paths["ood"], 1.0 - X[test], y[test])  # inverted digits
+    save_feature_file(paths["narrow"], X[test, :10], y[test])
+    save_feature_file(paths["views"], np.stack([X[train], X[train] * 0.9]), y[train])
+    return paths
+
+
+def _run(capsys, *argv):
+    code = main(["tune", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("method,epochs", [("lp", None), ("mlp", 8), ("nmtune", 8)])
+def test_json_reports_every_test_set(capsys, files, method, epochs):
+    extra = [] if epochs is None else ["--epochs", epochs]
+    code, out, err = _run(capsys, "--train", files["train"], "--test", f"id={files['id']}",
+                          "--test", f"ood={files['ood']}", "--method", method, "--device",
+                          "cpu", "--json", *extra)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == method and result["train"] == {
+        "path": str(files["train"]), "n": 1200, "d": 64, "classes": 10}
+    assert set(result["tests"]) == {"id", "ood"}
+    assert result["tests"]["id"]["n"] == 597 and result["tests"]["id"]["chance"] == 0.1
+    assert result["tests"]["id"]["accuracy"] > 0.9
+    assert result["tests"]["ood"]["accuracy"] < result["tests"]["id"]["accuracy"]
+    assert result["fit_seconds"] > 0
+
+
+def test_text_output_and_views(capsys, files):
+    code, out, _ = _run(capsys, "--train", files["views"], "--test", f"id={files['id']}",
+                        "--method", "nmtune", "--epochs", 2, "--seed", 3)
+    assert code == 0
+    header, columns, row = out.strip().splitlines()
+    assert header.startswith("nmtune (seed 3) on ") and "N=1200, D=64, K=10" in header
+    assert columns.split() == ["test", "n", "accuracy", "chance"]
+    name, n, accuracy, chance = row.split()
+    assert (name, n, chance) == ("id", "597", "0.1000") and 0 <= float(accuracy) <= 1
+
+
+def test_seeded_runs_agree(capsys, files):
+    argv = ["--train", files["train"], "--test", f"id={files['id']}", "--method", "mlp",
+            "--epochs", 2, "--seed", 1, "--json"]
+    first = json.loads(_run(capsys, *argv)[1])["tests"]
+    assert first == json.loads(_run(capsys, *argv)[1])["tests"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--test", "id=missing.npz", "--method", "lp"], "not found"),
+        (["--test", "id.npz", "--method", "lp"], "NAME=PATH"),
+        (["--test", "=x.npz", "--method", "lp"], "NAME=PATH"),
+        (["--test", "{narrow}", "--method", "lp"], "width 10"),
+        (["--test", "{id}", "--test", "{id}", "--method", "lp"], "given twice"),
+        (["--test", "{id}", "--method", "lp", "--epochs", "3"], "--epochs applies"),
+        (["--test", "{id}", "--method", "mlp", "--epochs", "0"], "--epochs must be"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, files, argv, message):
+    argv = [a.format(**{k: f"{k}={v}" for k, v in files.items()}) for a in argv]
+    code, out, err = _run(capsys, "--train", files["train"], *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_unknown_method_is_an_argparse_error(capsys, files):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(capsys, "--train", files["train"], "--test", f"id={files['id']}", "--method", "svm")
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,0 +1,301 @@
+"""Tuners against independent references: scikit-learn, numpy forward passes, hand-rolled loops."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits, make_classification
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from nmtune._validation import NMTuneError
+from nmtune.objective import AUTHOR_WEIGHTS
+from nmtune.tuners import LinearProbe, MLPProbe, NMTuneClassifier, _batch_bounds
+
+# Fast settings for small data: a few full passes with a larger step.
+FAST = {"epochs": 10, "lr": 3e-2, "batch_size": 32}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These tensors are tiny: handing them to a second thread costs more than it saves, and
+    # on a shared 2-core machine OpenMP spin-waits make 2 threads many times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def _standardised_blobs(n=400, d=20, classes=4, seed=0):
+    X, y = make_classification(n_samples=n, n_features=d, n_informative=min(d, 8),
+                               n_redundant=0, n_classes=classes, class_sep=0.7,
+                               random_state=seed)
+    return StandardScaler().fit_transform(X), y
+
+
+# ------------------------------------------------------------------ scikit-learn conformance
+
+_FLOAT32_REASON = (
+    "predictions run in float32: a subset and the whole set may differ in the last float32 "
+    "bit (~1e-7), the check wants 1e-7 absolute in float64"
+)
+
+
+def _expected_failures(estimator):
+    if isinstance(estimator, MLPProbe):
+        return {"check_methods_subset_invariance": _FLOAT32_REASON}
+    return {}
+
+
+@parametrize_with_checks(
+    [LinearProbe(Cs=4), MLPProbe(**FAST), NMTuneClassifier(**FAST)],
+    expected_failed_checks=_expected_failures,
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# ------------------------------------------------------------------ linear probe
+
+
+@pytest.mark.parametrize("classes,C", [(4, 1.0), (4, 0.01), (2, 0.3)])
+def test_linear_probe_matches_sklearn_logistic_regression(classes, C):
+    X, y = _standardised_blobs(classes=classes)
+    ours = LinearProbe(Cs=[C], tol=1e-7).fit(X, y)
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    assert ours.C_ == C and ours.scores_ is None
+    assert ours.coef_.shape == ref.coef_.shape
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-3 * np.abs(ref.coef_).max())
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=2e-3)
+    assert abs(ours.score(X, y) - ref.score(X, y)) <= 1 / len(y)
+
+
+def test_linear_probe_coefficients_act_on_raw_features():
+    X, y = _standardised_blobs()
+    X_raw = X * np.linspace(0.5, 40, X.shape[1]) + 7.0
+    probe = LinearProbe(Cs=[1.0]).fit(X_raw, y)
+    np.testing.assert_allclose(probe.decision_function(X_raw), X_raw @ probe.coef_.T
+                               + probe.intercept_)
+    # Standardising first is the CLIP protocol: the fit must not depend on the raw scale.
+    np.testing.assert_allclose(probe.predict_proba(X_raw),
+                               LinearProbe(Cs=[1.0]).fit(X, y).predict_proba(X), atol=1e-4)
+
+
+def test_sweep_picks_the_c_a_hand_rolled_validation_loop_picks():
+    # Many noise features and few samples: the regularisation strength matters.
+    X, y = make_classification(n_samples=240, n_features=60, n_informative=5, n_classes=3,
+                               random_state=3)
+    Cs = np.logspace(-3, 2, 6)
+    probe = LinearProbe(Cs=Cs, val_size=0.25, tol=1e-6, random_state=7).fit(X, y)
+
+    Xs = StandardScaler().fit_transform(X)
+    idx = np.arange(len(y))
+    train, val = train_test_split(idx, test_size=math.ceil(0.25 * len(y)), random_state=7,
+                                  stratify=y)
+    scores = [LogisticRegression(C=C, tol=1e-8, max_iter=10_000).fit(Xs[train], y[train])
+              .score(Xs[val], y[val]) for C in Cs]
+    np.testing.assert_array_equal(np.sort(probe.validation_indices_), np.sort(val))
+    np.testing.assert_allclose(probe.scores_, scores, atol=1.5 / len(val))
+    assert probe.C_ == Cs[int(np.argmax(scores))]
+    assert len(set(scores)) > 2, "the data must make the choice of C matter"
+    # The final model is the chosen C refitted on train + val.
+    refit = LogisticRegression(C=probe.C_, tol=1e-8, max_iter=10_000).fit(Xs, y)
+    np.testing.assert_allclose(probe.predict_proba(X), refit.predict_proba(Xs), atol=2e-3)
+
+
+def test_linear_probe_stacks_views_as_rows():
+    X, y = _standardised_blobs(n=200)
+    rng = np.random.default_rng(0)
+    views = np.stack([X, X + 0.3 * rng.normal(size=X.shape), X - 0.2])
+    probe = LinearProbe(Cs=[0.5], tol=1e-7).fit(views, y)
+    rows = LinearProbe(Cs=[0.5], tol=1e-7).fit(views.reshape(-1, X.shape[1]), np.tile(y, 3))
+    np.testing.assert_allclose(probe.coef_, rows.coef_, atol=1e-4)
+    np.testing.assert_array_equal(probe.predict(views), probe.predict(views[0]))
+
+
+# ------------------------------------------------------------------ MLP / NMTune
+
+
+def _numpy_forward(model, f, training):
+    """z and logits of ResidualMLP in float64 numpy (BatchNorm on batch or running stats)."""
+    p = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    h = f @ p["mlp.0.weight"].T + p["mlp.0.bias"]
+    mean, var = (h.mean(0), h.var(0)) if training else (p["mlp.1.running_mean"],
+                                                        p["mlp.1.running_var"])
+    h = (h - mean) / np.sqrt(var + 1e-5) * p["mlp.1.weight"] + p["mlp.1.bias"]
+    h = np.maximum(h, 0) @ p["mlp.3.weight"].T + p["mlp.3.bias"]
+    z = p["scale"] * h + f
+    return z, z @ p["head.weight"].T + p["head.bias"]
+
+
+def _numpy_terms(z, z_b, f_a, logits, y, k=5):
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    ce = -log_p[np.arange(len(y)), y].mean()
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    mse = np.mean((unit(z_b) - unit(f_a)) ** 2)
+    c = np.cov(z, rowvar=False)
+    cov = (np.sum(c**2) - np.sum(np.diag(c) ** 2)) / z.shape[1]
+    s = np.linalg.svd(z, compute_uv=False)
+    return ce, mse, cov, np.mean((s / s.sum())[:k])
+
+
+@pytest.mark.parametrize("n_views", [1, 2])
+def test_loss_terms_at_initialisation_match_numpy(n_views):
+    rng = np.random.default_rng(1)
+    n, d = 48, 6
+    y = np.arange(n) % 3
+    views = rng.normal(size=(n_views, n, d)) + y[None, :, None]
+    # lr = 0 and one full batch: the logged terms are those of the initial model.
+    est = NMTuneClassifier(lr=0.0, weight_decay=0.0, epochs=1, batch_size=n, random_state=0)
+    est.fit(views[0] if n_views == 1 else views, y)
+    np.testing.assert_array_equal(est.model_.scale.detach().numpy(), np.ones((1, d)))
+
+    f = views.reshape(-1, d)  # both views through the model together, as in training
+    z, logits = _numpy_forward(est.model_, f, training=True)
+    z_views = z.reshape(n_views, n, d)
+    # Which view is the target (a) and which is tuned (b) is drawn at random: try both.
+    candidates = [_numpy_terms(z, z_views[-1 - a], views[a], logits, np.tile(y, n_views))
+                  for a in range(n_views)]
+    got = est.history_[0]
+    ce, mse, cov, svd = candidates[0]
+    assert got["ce"] == pytest.approx(ce, rel=1e-4)
+    assert got["cov"] == pytest.approx(cov, rel=1e-4)
+    assert got["svd"] == pytest.approx(svd, rel=1e-4)
+    assert any(got["mse"] == pytest.approx(c[1], rel=1e-3) for c in candidates)
+    w = AUTHOR_WEIGHTS
+    expected = got["ce"] + w["mse"] * got["mse"] + w["cov"] * got["cov"] - w["svd"] * got["svd"]
+    assert got["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_embed_is_scaled_residual_mlp():
+    X, y = _standardised_blobs(n=120, d=5, classes=3)
+    est = MLPProbe(epochs=2, batch_size=16, random_state=0).fit(X, y)
+    with torch.no_grad():
+        est.model_.scale.copy_(torch.linspace(-1, 2, 5))
+    z, logits = _numpy_forward(est.model_, X, training=False)
+    np.testing.assert_allclose(est.embed(X), z, atol=1e-5)
+    np.testing.assert_allclose(est.decision_function(X), logits, atol=1e-5)
+
+
+def test_mlp_probe_is_nmtune_without_regularisers():
+    X, y = _standardised_blobs(n=150)
+    mlp = MLPProbe(epochs=2, random_state=3).fit(X, y)
+    zero = NMTuneClassifier(w_mse=0, w_cov=0, w_svd=0, epochs=2, random_state=3).fit(X, y)
+    np.testing.assert_array_equal(mlp.predict_proba(X), zero.predict_proba(X))
+    assert "w_mse" not in mlp.get_params() and "w_mse" in zero.get_params()
+
+
+@pytest.mark.parametrize("cls", [MLPProbe, NMTuneClassifier])
+def test_seeded_fits_are_identical(cls):
+    X, y = _standardised_blobs(n=150)
+    views = np.stack([X, X + 0.1, X * 0.9])
+    first, again, other = (cls(epochs=3, random_state=s).fit(views, y) for s in (5, 5, 6))
+    np.testing.assert_array_equal(first.predict_proba(X), again.predict_proba(X))
+    assert first.history_ == again.history_
+    assert not np.array_equal(first.predict_proba(X), other.predict_proba(X))
+
+
+def test_fit_leaves_global_rng_alone():
+    X, y = _standardised_blobs(n=100)
+    before = torch.get_rng_state()
+    MLPProbe(epochs=1, random_state=1).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_views_input_and_view_zero_at_predict():
+    X, y = _standardised_blobs(n=160)
+    views = np.stack([X + 0.05 * i for i in range(4)])
+    est = NMTuneClassifier(epochs=2, random_state=0).fit(views, y)
+    assert est.n_features_in_ == X.shape[1]
+    np.testing.assert_array_equal(est.predict(views), est.predict(views[0]))
+    np.testing.assert_array_equal(est.embed(views), est.embed(views[0]))
+
+
+def test_validation_keeps_the_best_epoch_on_held_out_training_samples():
+    X, y = _standardised_blobs(n=300)
+    est = MLPProbe(validation=0.25, epochs=6, lr=3e-2, random_state=0).fit(X, y)
+    val = est.validation_indices_
+    assert len(val) == math.ceil(0.25 * len(y)) and set(val) <= set(range(len(y)))
+    # Stratified: class shares on the validation split match the whole set's to one sample.
+    assert np.all(np.abs(np.bincount(y[val]) - np.bincount(y) * len(val) / len(y)) <= 1)
+    accuracies = [h["val_accuracy"] for h in est.history_]
+    assert est.best_epoch_ == int(np.argmax(accuracies)) + 1
+    assert est.score(X[val], y[val]) == pytest.approx(max(accuracies))
+    assert MLPProbe(epochs=2, random_state=0).fit(X, y).validation_indices_ is None
+
+
+def test_batches_never_leave_a_single_row():
+    assert _batch_bounds(129, 64) == [(0, 64), (64, 129)]
+    assert _batch_bounds(128, 64) == [(0, 64), (64, 128)]
+    assert _batch_bounds(10, 64) == [(0, 10)]
+    X, y = _standardised_blobs(n=65)
+    MLPProbe(epochs=1, batch_size=64).fit(X, y)  # would fail in BatchNorm with a 1-row batch
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [LinearProbe(random_state=0),
+     MLPProbe(standardize=True, random_state=0, **FAST),
+     NMTuneClassifier(standardize=True, random_state=0, **FAST)],
+    ids=["lp", "mlp", "nmtune"],
+)
+def test_learns_digits(digits, estimator):
+    X_train, X_test, y_train, y_test = digits
+    assert estimator.fit(X_train, y_train).score(X_test, y_test) > 0.9
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("cls", [LinearProbe, MLPProbe, NMTuneClassifier])
+@pytest.mark.parametrize(
+    "X_fn,y_fn,match",
+    [
+        (lambda X: np.where(X > 1.5, np.nan, X), lambda y: y, "NaN"),
+        (lambda X: np.where(X > 1.5, np.inf, X), lambda y: y, "infinite"),
+        (lambda X: X, lambda y: y[:-1], "samples but labels have"),
+        (lambda X: X, lambda y: np.zeros_like(y), "one class"),
+        (lambda X: X[None, ..., None], lambda y: y, "2-D or 3-D"),
+        (lambda X: X[:, 0], lambda y: y, "Reshape your data"),
+        (lambda X: X, lambda y: y + 0.5, "Unknown label type"),
+    ],
+    ids=["nan", "inf", "length", "one-class", "4d", "1d", "continuous-y"],
+)
+def test_bad_fit_input_is_a_clear_error(cls, X_fn, y_fn, match):
+    X, y = _standardised_blobs(n=60)
+    with pytest.raises(ValueError, match=match):
+        cls().fit(X_fn(X), y_fn(y))
+
+
+@pytest.mark.parametrize("cls", [LinearProbe, MLPProbe])
+def test_predict_checks_fit_and_width(cls):
+    X, y = _standardised_blobs(n=60)
+    with pytest.raises(NotFittedError):
+        cls().predict(X)
+    est = cls(**({"epochs": 1} if cls is MLPProbe else {"Cs": [1.0]})).fit(X, y)
+    with pytest.raises(NMTuneError, match=f"X has 5 features, but {cls.__name__} is expecting"):
+        est.predict(X[:, :5])
+
+
+@pytest.mark.parametrize(
+    "estimator,match",
+    [(LinearProbe(Cs=0), "Cs"), (LinearProbe(Cs=[1.0, -1.0]), "Cs"),
+     (LinearProbe(val_size=1.5), "validation fraction"), (MLPProbe(epochs=0), "epochs"),
+     (MLPProbe(batch_size=2.5), "batch_size"), (MLPProbe(validation=0.0), "validation"),
+     (NMTuneClassifier(top_k=0), "top_k"), (MLPProbe(lr=-1.0), "lr")],
+)
+def test_bad_parameters_fail_at_fit(estimator, match):
+    X, y = _standardised_blobs(n=60)
+    with pytest.raises(NMTuneError, match=match):
+        estimator.fit(X, y)
