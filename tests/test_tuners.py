@@ -91,12 +91,26 @@ def test_linear_probe_coefficients_act_on_raw_features():
                                LinearProbe(Cs=[1.0]).fit(X, y).predict_proba(X), atol=1e-4)
 
 
+def test_patience_stops_the_sweep_after_non_improving_cs():
+    X, y = make_classification(n_samples=240, n_features=60, n_informative=5, n_classes=3,
+                               random_state=3)
+    Cs = np.logspace(-3, 2, 6)
+    full = LinearProbe(Cs=Cs, val_size=0.25, tol=1e-6, patience=None, random_state=7).fit(X, y)
+    early = LinearProbe(Cs=Cs, val_size=0.25, tol=1e-6, patience=1, random_state=7).fit(X, y)
+    # The sweep runs up to and including the first C that fails to beat the running best.
+    running_best = np.maximum.accumulate(full.scores_)
+    stop = next(i for i in range(1, len(Cs)) if full.scores_[i] <= running_best[i - 1])
+    np.testing.assert_allclose(early.scores_[: stop + 1], full.scores_[: stop + 1])
+    assert np.isnan(early.scores_[stop + 1 :]).all()
+    assert early.C_ == Cs[int(np.argmax(full.scores_[: stop + 1]))]
+
+
 def test_sweep_picks_the_c_a_hand_rolled_validation_loop_picks():
     # Many noise features and few samples: the regularisation strength matters.
     X, y = make_classification(n_samples=240, n_features=60, n_informative=5, n_classes=3,
                                random_state=3)
     Cs = np.logspace(-3, 2, 6)
-    probe = LinearProbe(Cs=Cs, val_size=0.25, tol=1e-6, random_state=7).fit(X, y)
+    probe = LinearProbe(Cs=Cs, val_size=0.25, tol=1e-6, patience=None, random_state=7).fit(X, y)
 
     Xs = StandardScaler().fit_transform(X)
     idx = np.arange(len(y))

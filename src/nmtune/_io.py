@@ -46,7 +46,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    write_bytes_atomic(path, text.encode())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -64,7 +65,8 @@ def save_feature_file(path, features: np.ndarray, labels: np.ndarray, meta: dict
         raise NMTuneError(f"feature file must end in .npz, got {path}")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, features=features, labels=labels, meta=json.dumps(meta or {}, default=str))
+            meta_json = json.dumps(meta or {}, default=str)
+            np.savez(fh, features=features, labels=labels, meta=meta_json)
 
 
 def load_feature_file(path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -77,8 +79,8 @@ def load_feature_file(path) -> tuple[np.ndarray, np.ndarray, dict]:
             missing = {"features", "labels"} - set(npz.files)
             if missing:
                 raise NMTuneError(
-                    f"{path} lacks {sorted(missing)}; a feature file holds 'features' (N×D or "
-                    f"V×N×D) and 'labels' (N)"
+                    f"{path} lacks {sorted(missing)}; a feature file holds 'features' "
+                    f"(N×D or V×N×D) and 'labels' (N)"
                 )
             meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
             return npz["features"], npz["labels"], meta

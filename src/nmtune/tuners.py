@@ -37,7 +37,7 @@ from ._torch import autocast, resolve_device, tune_cpu_allocator
 from ._validation import NMTuneError, as_float_array, as_label_array, check_same_length
 from .objective import AUTHOR_WEIGHTS, consistency_mse, covariance_penalty, top_singular_ratio
 
-__all__ = ["LinearProbe", "MLPProbe", "NMTuneClassifier", "ResidualMLP"]
+__all__ = ["LinearProbe", "MLPProbe", "NMTuneClassifier", "ResidualMLP", "train_step"]
 
 #: Rows per forward pass at predict time: bounds memory for the r·D-wide hidden layer.
 _PREDICT_CHUNK = 4096
@@ -259,6 +259,12 @@ class LinearProbe(_FeatureClassifier):
         L-BFGS stops when the largest gradient entry is below ``tol``.
     max_iter : int, default=1000
         L-BFGS iterations per C.
+    patience : int or None, default=2
+        Stop the sweep once this many consecutive Cs fail to beat the best validation accuracy
+        so far (None sweeps every C). Weak regularisation on (nearly) separable features is
+        where L-BFGS needs the most iterations and where accuracy has stopped improving, so
+        this saves most of the time; since ties go to the stronger C, it only changes the
+        choice when accuracy recovers after ``patience`` non-improving Cs.
     device : str, default="auto"
         Where the products run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     random_state : int, RandomState or None, default=None
@@ -276,7 +282,8 @@ class LinearProbe(_FeatureClassifier):
     Cs_ : ndarray of shape (n_Cs,)
         Swept values, ascending.
     scores_ : ndarray of shape (n_Cs,) or None
-        Validation accuracy per C (None without a sweep).
+        Validation accuracy per C, NaN where ``patience`` ended the sweep before it (None
+        without a sweep).
     validation_indices_ : ndarray of shape (n_val,) or None
         Samples held out to choose C (None without a sweep).
     C_ : float
@@ -296,6 +303,7 @@ class LinearProbe(_FeatureClassifier):
         val_size: float = 0.2,
         tol: float = 1e-4,
         max_iter: int = 1000,
+        patience: int | None = 2,
         device: str = "auto",
         random_state=None,
     ):
@@ -303,6 +311,7 @@ class LinearProbe(_FeatureClassifier):
         self.val_size = val_size
         self.tol = tol
         self.max_iter = max_iter
+        self.patience = patience
         self.device = device
         self.random_state = random_state
 
@@ -358,16 +367,24 @@ class LinearProbe(_FeatureClassifier):
         y_train = labels[train].repeat(std.shape[0])
         X_val, y_val = std[0, val].double(), labels[val]
         d = std.shape[2]
+        if self.patience is not None and (isinstance(self.patience, bool) or
+                                          not isinstance(self.patience, Integral) or
+                                          self.patience < 1):
+            raise NMTuneError(f"patience must be a positive integer or None, got {self.patience!r}")
         scores, solutions = [], []
         for C in self.Cs_:  # ascending C = strong to weak L2: each solution starts the next
+            since_best = len(scores) - 1 - int(np.argmax(scores)) if scores else 0
+            if self.patience and since_best >= self.patience:
+                break
             theta, _ = _fit_logistic(X_train, y_train, n_out, C, theta, self.tol, self.max_iter)
             W = torch.as_tensor(theta[: d * n_out].reshape(d, n_out), device=std.device)
             scores_val = X_val @ W + torch.as_tensor(theta[d * n_out :], device=std.device)
             pred = (scores_val[:, 0] > 0).long() if n_out == 1 else scores_val.argmax(dim=1)
             scores.append(float((pred == y_val).double().mean()))
             solutions.append(theta)
-        self.scores_ = np.asarray(scores)
-        best = int(np.argmax(self.scores_))  # first maximum: the strongest regularisation
+        self.scores_ = np.full(self.Cs_.size, np.nan)
+        self.scores_[: len(scores)] = scores
+        best = int(np.argmax(scores))  # first maximum: the strongest regularisation
         self.C_ = float(self.Cs_[best])
         return solutions[best]
 
@@ -452,6 +469,49 @@ def _batch_terms(
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
             regularisers.append(term())
     return torch.stack([ce, *regularisers])
+
+
+def train_step(
+    model: ResidualMLP, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler, fa: torch.Tensor, fb: torch.Tensor | None,
+    y: torch.Tensor, weights: tuple[float, float, float] = (0.0, 0.0, 0.0), top_k: int = 5,
+) -> torch.Tensor:
+    """One optimiser and schedule step on ``L = ce + w_mse·mse + w_cov·cov − w_svd·svd``.
+
+    The step every MLP/NMTune fit takes, public so that a loop which computes the views' features
+    itself (e.g. the authors' encoder-in-the-loop procedure) trains the very same way.
+
+    Parameters
+    ----------
+    model : ResidualMLP
+        In training mode.
+    optimizer, schedule : the optimiser over ``model``'s parameters and its per-step schedule
+    fa, fb : Tensor of shape (B, D)
+        The batch's views a and b (``fb`` None: one view, so view b = view a).
+    y : Tensor of shape (B,), int64
+        Class indices.
+    weights : (float, float, float)
+        ``(w_mse, w_cov, w_svd)``; all 0 is the MLP probe.
+    top_k : int
+        Singular values in the svd term.
+
+    Returns
+    -------
+    Tensor of shape (4,)
+        The unweighted terms ``(ce, mse, cov, svd)`` (:data:`TERMS`), detached.
+    """
+    with autocast(fa.device):
+        terms = _batch_terms(model, fa, fb, y, weights, top_k)
+    optimizer.zero_grad(set_to_none=True)
+    (terms @ terms.new_tensor(_signed(weights))).backward()
+    optimizer.step()
+    schedule.step()
+    return terms.detach()
+
+
+def _signed(weights: tuple[float, float, float]) -> list[float]:
+    """Coefficients of ``(ce, mse, cov, svd)`` in the loss: svd is maximised, hence negative."""
+    return [1.0, weights[0], weights[1], -weights[2]]
 
 
 def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -594,7 +654,6 @@ class MLPProbe(_FeatureClassifier):
     ) -> None:
         """AdamW with per-step cosine decay; fills ``history_`` and ``best_epoch_``."""
         weights = (self.w_mse, self.w_cov, self.w_svd)
-        coefficients = torch.tensor([1.0, weights[0], weights[1], -weights[2]], device=data.device)
         bounds = _batch_bounds(train.shape[0], self.batch_size)
         optimizer = torch.optim.AdamW(
             self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay
@@ -614,18 +673,12 @@ class MLPProbe(_FeatureClassifier):
                     torch.randperm(n_views, generator=generator)[:2].tolist()
                     if n_views > 1 else (0, 0)
                 )
-                with autocast(data.device):
-                    terms = _batch_terms(
-                        self.model_, data[a, idx], None if a == b else data[b, idx],
-                        labels[idx], weights, self.top_k,
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                (terms @ coefficients).backward()
-                optimizer.step()
-                schedule.step()
-                sums += terms.detach()
+                sums += train_step(
+                    self.model_, optimizer, schedule, data[a, idx],
+                    None if a == b else data[b, idx], labels[idx], weights, self.top_k,
+                )
             means = (sums / len(bounds)).tolist()
-            record = {"epoch": epoch, "loss": float(np.dot(means, coefficients.tolist())),
+            record = {"epoch": epoch, "loss": float(np.dot(means, _signed(weights))),
                       **dict(zip(TERMS, means, strict=True))}
             if val is not None:
                 record["val_accuracy"] = self._accuracy(data[0, val], labels[val])
