@@ -404,8 +404,20 @@ class _Runner:
                     results.extend(self.tune_cells(backbone, task, method, seed, grid))
                     bar.update()
         bar.close()
-        return {"results": pd.DataFrame(results), "spectrum": pd.DataFrame(spectra),
-                "pretrain": pd.DataFrame(pretrain_rows)}
+        return {"results": _tidy(results), "spectrum": _tidy(spectra),
+                "pretrain": _tidy(pretrain_rows)}
+
+
+#: Leading columns of every table, in this order; the rest follow alphabetically. Cells are
+#: stored as JSON with sorted keys, so a fixed order keeps fresh and cached runs identical.
+_LEADING = ["noise_type", "noise_ratio", "realised_noise_rate", "seed", "task", "kind",
+            "train_set", "test_set", "features_of", "method", "protocol", "accuracy", "chance"]
+
+
+def _tidy(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    lead = [c for c in _LEADING if c in df.columns]
+    return df[lead + sorted(set(df.columns) - set(lead))]
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True) -> dict:

@@ -1,0 +1,197 @@
+"""The study grid: config validation, results against direct recomputation, caching, and
+resumption after SIGKILL ending in the same table as an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from nmtune._validation import NMTuneError
+from nmtune.study import (
+    PACKAGED_CONFIGS,
+    _make_tuner,
+    config_from_dict,
+    load_config,
+    run_study,
+)
+
+TINY = {
+    "name": "tiny",
+    "seeds": [0],
+    "backbone": {"name": "resnet8", "kwargs": {"width": 4}},
+    "pretrain": {"dataset": "digits", "epochs": 2, "batch_size": 64, "eval_split": "test"},
+    "noise": {"kind": "symmetric", "ratios": [0.0, 0.3]},
+    "tasks": [{
+        "name": "digits",
+        "train": {"dataset": "digits", "split": "train", "limit": 300},
+        "test": {"dataset": "digits", "split": "test", "limit": 200},
+        "ood": {"rotated": {"dataset": "digits~rotate30", "split": "test", "limit": 200}},
+    }],
+    "methods": {"lp": {"Cs": 3}, "mlp": {"epochs": 2}, "nmtune": {"epochs": 2}},
+}
+# Timings differ between runs by nature; everything else must match exactly.
+TIMING = ["fit_seconds", "seconds"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Identical floating-point results across processes need the same thread count.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGED_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_packaged_configs_are_valid(path):
+    config = load_config(path.stem)
+    assert config.tasks and config.methods and config.seeds
+
+
+def test_default_config_has_the_promised_grid():
+    cfg = load_config()
+    assert cfg.noise["ratios"] == [0.0, 0.05, 0.10, 0.20, 0.30]
+    assert len(cfg.seeds) >= 2 and set(cfg.methods) == {"lp", "mlp", "nmtune"}
+    assert len(cfg.tasks) >= 2 and sum(len(t.ood) for t in cfg.tasks) >= 2
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"colour": 1}, "unknown key"),
+        ({"seeds": []}, "seeds"),
+        ({"methods": {"svm": {}}}, "unknown type"),
+        ({"noise": {"kind": "symmetric", "ratios": [1.5]}}, "ratio"),
+        ({"pretrain": None}, "needs a 'pretrain'"),
+        ({"tasks": [{"name": "x", "train": "digits"}]}, "needs name, train and test"),
+        ({"tasks": [{"name": "x", "train": {"split": "train"}, "test": "digits"}]}, "dataset"),
+    ],
+)
+def test_config_errors_name_the_problem(change, match):
+    with pytest.raises(NMTuneError, match=match):
+        config_from_dict({**TINY, **change})
+
+
+def test_selection_grid_is_a_validation_search():
+    search = _make_tuner({"method": "nmtune", "select": {"w_cov": [0.0, 0.04]},
+                          "select_val_size": 0.25}, seed=3, device="cpu")
+    assert search.param_grid == {"w_cov": [0.0, 0.04]}
+    assert search.cv.test_size == 0.25 and search.cv.n_splits == 1
+    with pytest.raises(NMTuneError, match="no setting"):
+        _make_tuner({"method": "lp", "select": {"bogus": [1]}}, seed=0, device="cpu")
+
+
+def test_unknown_config_name_lists_the_packaged_ones():
+    with pytest.raises(NMTuneError, match="default"):
+        load_config("no-such-config")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    tables = run_study(config_from_dict(TINY), out, progress=False)
+    return out, tables
+
+
+def test_tables_cover_the_grid(tiny_run):
+    out, tables = tiny_run
+    results = pd.read_csv(out / "results.csv")
+    # 2 ratios × 1 seed × 3 methods × (1 ID + 1 OOD) rows.
+    assert len(results) == 12
+    assert set(results["kind"]) == {"id", "ood"}
+    assert set(results["method"]) == {"lp", "mlp", "nmtune"}
+    assert results["accuracy"].between(0, 1).all()
+    pretrain = pd.read_csv(out / "pretrain.csv")
+    assert sorted(pretrain["noise_ratio"]) == [0.0, 0.3]
+    # The realised rate is exact: round(0.3·N) of N training labels moved.
+    n = int(pretrain["num_train"].iloc[0])
+    noisy = pretrain[pretrain["noise_ratio"] == 0.3]["realised_noise_rate"].iloc[0]
+    assert noisy == pytest.approx(round(0.3 * n) / n)
+    assert len(pd.read_csv(out / "spectrum.csv")) == 2
+
+
+def test_a_cell_equals_a_direct_recomputation(tiny_run):
+    """The LP row of the noisy model equals extracting and probing by hand."""
+    from nmtune.backbones import create_backbone
+    from nmtune.data import load_dataset
+    from nmtune.features import extract
+    from nmtune.spectrum import summary
+    from nmtune.tuners import LinearProbe
+
+    out, tables = tiny_run
+    weights = next((out / "pretrain").glob("symmetric-0.3-seed0")) / "backbone.pt"
+    backbone = create_backbone("resnet8", weights=weights, width=4)
+    train = extract(backbone, load_dataset("digits", "train", 300), cache_dir=False,
+                    progress=False)
+    test = extract(backbone, load_dataset("digits", "test", 200), cache_dir=False,
+                   progress=False)
+    probe = LinearProbe(Cs=3, random_state=0).fit(train.features, train.labels)
+    rows = tables["results"]
+    row = rows[(rows.noise_ratio == 0.3) & (rows.method == "lp") & (rows.kind == "id")]
+    assert row["accuracy"].item() == pytest.approx(probe.score(test.features, test.labels))
+    spec = tables["spectrum"]
+    assert spec[spec.noise_ratio == 0.3]["sve"].item() == pytest.approx(
+        summary(test.features)["sve"])
+
+
+def test_rerun_reuses_every_cell(tiny_run, monkeypatch):
+    out, tables = tiny_run
+    import nmtune.study as study
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached cell was recomputed")
+
+    monkeypatch.setattr(study, "_make_tuner", fail)
+    again = run_study(config_from_dict(TINY), out, progress=False)
+    pd.testing.assert_frame_equal(again["results"], tables["results"])
+
+
+def _run_cli(config: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NMTUNE_CACHE": str(out / "unused-cache")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "nmtune", "study", str(config), "--out", str(out), "--quiet",
+         "--no-report"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def _table(out: Path) -> pd.DataFrame:
+    df = pd.read_csv(out / "results.csv").drop(columns=TIMING, errors="ignore")
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
+def test_sigkill_then_resume_gives_the_same_table(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    straight = _run_cli(config, tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()
+
+    killed_dir = tmp_path / "killed"
+    proc = _run_cli(config, killed_dir)
+    deadline = time.time() + 300
+    # Kill once the first model has finished and tuning has begun: mid-study.
+    while not list(killed_dir.glob("cells/tune-*.json")) and time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("the study finished before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "results.csv").exists()
+    resumed = _run_cli(config, killed_dir)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
+    pd.testing.assert_frame_equal(_table(killed_dir), _table(tmp_path / "straight"))
+    # Nothing half-written was left behind.
+    assert not list(killed_dir.rglob("*.tmp"))
+    np.testing.assert_array_equal(
+        pd.read_csv(killed_dir / "spectrum.csv")["sve"],
+        pd.read_csv(tmp_path / "straight" / "spectrum.csv")["sve"],
+    )
