@@ -195,3 +195,18 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path):
         pd.read_csv(killed_dir / "spectrum.csv")["sve"],
         pd.read_csv(tmp_path / "straight" / "spectrum.csv")["sve"],
     )
+
+
+@pytest.mark.parametrize(
+    "task_train, match",
+    [
+        ({"dataset": "folder:/no/such/imagenet/train"}, "does not exist"),
+        ({"dataset": "digits", "split": "validation"}, "no split 'validation'"),
+        ({"dataset": "cifar-1000"}, "unknown dataset"),
+    ],
+)
+def test_missing_data_fails_before_any_work(tmp_path, task_train, match):
+    raw = {**TINY, "tasks": [{**TINY["tasks"][0], "train": task_train}]}
+    with pytest.raises(NMTuneError, match=match):
+        run_study(config_from_dict(raw), tmp_path, progress=False)
+    assert not (tmp_path / "pretrain").exists()

@@ -376,7 +376,26 @@ class _Runner:
     def grid_points(self) -> list[tuple[float, int]]:
         return [(float(r), s) for s in self.cfg.seeds for r in self.cfg.noise["ratios"]]
 
+    def preflight(self) -> None:
+        """Fail before any work when a dataset or backbone is missing, naming the fix."""
+        from .backbones import get_spec
+        from .data import require_dataset
+
+        sets = [s for t in self.cfg.tasks for _, _, s in t.evaluations()] + [
+            t.train for t in self.cfg.tasks] + list(self.cfg.spectrum_of)
+        if self.cfg.pretrain is not None:
+            p = self.cfg.pretrain
+            sets.append(SetSpec(p.get("dataset", "fashion-mnist"), p.get("split", "train")))
+            sets.append(SetSpec(p.get("eval_dataset") or p.get("dataset", "fashion-mnist"),
+                                p.get("eval_split", "test")))
+        for spec in dict.fromkeys(sets):
+            require_dataset(spec.dataset, spec.split)
+        backbone = get_spec(self.cfg.backbone["name"])
+        if not backbone.installed:
+            raise NMTuneError(f"backbone {self.cfg.backbone['name']!r} needs: {backbone.install}")
+
     def run(self) -> dict[str, pd.DataFrame]:
+        self.preflight()
         points = self.grid_points()
         spectrum_sets = list(self.cfg.spectrum_of) or list(
             dict.fromkeys(t.test for t in self.cfg.tasks)

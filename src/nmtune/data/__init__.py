@@ -23,6 +23,7 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .._validation import NMTuneError
 from . import sources
@@ -42,6 +43,7 @@ __all__ = [
     "load_image_folder",
     "load_text_table",
     "register_dataset",
+    "require_dataset",
 ]
 
 
@@ -146,6 +148,28 @@ def dataset_card(name: str) -> DatasetCard:
     if shift_specs:
         card = _shifted_card(card, shift_specs)
     return card
+
+
+def require_dataset(name: str, split: str) -> None:
+    """Raise :class:`NMTuneError` naming the fix unless ``name``/``split`` can be loaded.
+
+    Cheap: nothing is read, so a study can check all its data before hours of work. Sources
+    that download on first use (Fashion-MNIST without the Debian package) count as loadable.
+    """
+    base, _ = _parse(name)
+    if base in _REGISTRY:
+        entry = _REGISTRY[base]
+        if not entry.present() and "download" not in entry.card.requires:
+            raise NMTuneError(f"dataset {base!r} is not installed: {entry.card.requires}")
+        if split not in entry.card.splits:
+            raise NMTuneError(f"dataset {base!r} has no split {split!r}; splits: "
+                              f"{', '.join(entry.card.splits)}")
+        return
+    prefix, _, path = base.partition(":")
+    if prefix not in _FILE_SOURCES:
+        _load_base(base, split, {})  # raises the registry's unknown-name error
+    if not Path(path).exists():
+        raise NMTuneError(f"dataset {base!r}: {path} does not exist (edit the path in the config)")
 
 
 def load_dataset(
