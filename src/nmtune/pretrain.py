@@ -17,6 +17,10 @@ cross-entropy on the noisy labels, and leaves in ``out_dir``:
 ``metrics.json``    final accuracies, realised noise rate, seconds, epochs
 ==================  ==========================================================================
 
+In-memory datasets are preprocessed once into one tensor on the device. A lazy image folder
+(:class:`~nmtune.data.lazy.LazyImages`, e.g. ImageNet) is streamed instead: ``DataLoader``
+workers decode and preprocess each batch of the very same rows, so both paths train alike.
+
 Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE > 1``) each rank trains on its share of
 every global batch of ``batch_size`` rows under DistributedDataParallel, so the gradient is the
 single-process one; only BatchNorm statistics differ (per rank on CPU, where SyncBatchNorm is
@@ -28,6 +32,7 @@ Run it as ``nmtune pretrain ...`` or ``python -m nmtune.pretrain ...`` (same arg
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import json
@@ -56,9 +61,16 @@ __all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
 
 _OPTIMIZERS = ("sgd", "adamw")
 #: Settings that say where a run executes, not what it computes: they may change on resume.
-_PLACEMENT_KEYS = ("device",)
+_PLACEMENT_KEYS = ("device", "num_workers")
 #: Rows per forward pass when preprocessing and evaluating (memory, not results).
 _EVAL_BATCH = 1024
+#: The same for streamed data, where each worker holds two such decoded batches in flight
+#: (256 ImageNet images: 154 MB).
+_STREAM_EVAL_BATCH = 256
+#: Random-resized-crop ranges of the standard ImageNet recipe (Szegedy et al. 2015, as in
+#: torchvision): crop area as a fraction of the image, and crop aspect ratio (width / height).
+_CROP_AREA = (0.08, 1.0)
+_CROP_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,13 @@ class PretrainConfig:
         SGD momentum (ignored by AdamW).
     weight_decay : float
     seed : int
-        Model initialisation and data order.
+        Model initialisation, data order and augmentation.
+    augment : bool
+        Random-resized crop (area 8-100%, aspect 3/4-4/3) and horizontal flip of every training
+        batch, the standard ImageNet augmentation; drawn from the seeded data-order generator.
+    num_workers : int
+        ``DataLoader`` worker processes per rank that decode a lazy image folder; 0 decodes in
+        the training process. Ignored for in-memory data; results do not depend on it.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``. Under DDP on CUDA each rank uses
         ``cuda:LOCAL_RANK``.
@@ -117,6 +135,8 @@ class PretrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
+    augment: bool = False
+    num_workers: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -131,8 +151,10 @@ class PretrainConfig:
         for name in ("limit", "eval_limit"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
-        for name in ("seed", "subset_seed"):
+        for name in ("seed", "subset_seed", "num_workers"):
             _check_int(name, getattr(self, name), minimum=0)
+        if not isinstance(self.augment, bool):
+            raise NMTuneError(f"augment must be true or false, got {self.augment!r}")
         if self.optimizer not in _OPTIMIZERS:
             raise NMTuneError(f"unknown optimizer {self.optimizer!r}; choose from {_OPTIMIZERS}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -244,8 +266,8 @@ def pretrain(
 
         # -- model: backbone + linear head; the backbone's own preprocessing feeds it.
         backbone = _build_backbone(config)
-        x_train = _preprocess(backbone, train.inputs, ctx.device)
-        x_eval = _preprocess(backbone, evalset.inputs, ctx.device)
+        x_train = _rows(backbone, train.inputs, ctx.device, config.num_workers)
+        x_eval = _rows(backbone, evalset.inputs, ctx.device, config.num_workers)
         y_noisy = torch.as_tensor(labels["noisy"], device=ctx.device)
         y_clean = torch.as_tensor(labels["clean"], device=ctx.device)
         y_eval = torch.as_tensor(evalset.labels, device=ctx.device)
@@ -272,6 +294,14 @@ def pretrain(
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
             perm = torch.randperm(len(train), generator=order_gen).to(ctx.device)
+            # One crop-and-flip draw per row, after the permutation so that without
+            # augmentation the generator (and so every data order) is what it always was.
+            crops = (
+                torch.rand(len(train), 5, generator=order_gen).to(ctx.device)
+                if config.augment else None
+            )
+            rows = [_local_rows(perm, step, config.batch_size, ctx)
+                    for step in range(steps_per_epoch)]
             bar = tqdm(
                 total=steps_per_epoch,
                 desc=f"pretrain epoch {epoch + 1}/{config.epochs}",
@@ -282,9 +312,10 @@ def pretrain(
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
             trained.train()
-            for step in range(steps_per_epoch):
-                idx = _local_rows(perm, step, config.batch_size, ctx)
-                xb, yb = x_train[idx], y_noisy[idx]
+            for step, (idx, xb) in enumerate(zip(rows, x_train.batches(rows), strict=True)):
+                yb = y_noisy[idx]
+                if crops is not None:
+                    xb = _crop_and_flip(xb, crops[idx])
                 with autocast(ctx.device):
                     logits = trained(xb)
                     loss = F.cross_entropy(logits, yb)
@@ -386,14 +417,115 @@ def _make_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _preprocess(backbone, inputs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The whole split through ``backbone.preprocess`` once, kept on ``device``.
+def _rows(backbone, inputs, device: torch.device, num_workers: int) -> _Preprocessed | _Streamed:
+    """The split as model input: streamed when it is a lazy image folder, else preprocessed
+    once."""
+    from .data.lazy import LazyImages
+
+    if isinstance(inputs, LazyImages):
+        return _Streamed(inputs, backbone.preprocess, device, num_workers)
+    return _Preprocessed(inputs, backbone.preprocess, device)
+
+
+class _Preprocessed:
+    """The whole split through ``preprocess`` once, kept on ``device`` as one tensor.
 
     The built-in sets are small (MNIST-sized), so holding them as one tensor beats a data
     loader: no workers, no per-step conversion.
     """
-    starts = range(0, len(inputs), _EVAL_BATCH)
-    return torch.cat([backbone.preprocess(inputs[i : i + _EVAL_BATCH]) for i in starts]).to(device)
+
+    eval_batch = _EVAL_BATCH
+
+    def __init__(self, inputs: np.ndarray, preprocess: Callable, device: torch.device) -> None:
+        starts = range(0, len(inputs), _EVAL_BATCH)
+        self.x = torch.cat([preprocess(inputs[i : i + _EVAL_BATCH]) for i in starts]).to(device)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, rows: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The model input of each index tensor in ``rows``, in order."""
+        return (self.x[r] for r in rows)
+
+
+class _Streamed:
+    """A lazy split decoded and preprocessed batch by batch, by ``num_workers`` processes.
+
+    ``preprocess`` is per image, so a batch equals the rows of the whole split preprocessed at
+    once: this path trains exactly as :class:`_Preprocessed` does on the same data.
+    """
+
+    eval_batch = _STREAM_EVAL_BATCH
+
+    def __init__(self, inputs, preprocess: Callable, device: torch.device, num_workers: int):
+        if num_workers > 0:
+            # The workers already decode in parallel: one thread each, not workers × threads.
+            inputs = copy.copy(inputs)
+            inputs.threads = 1
+        self.decoder = _BatchDecoder(inputs, preprocess)
+        self.device, self.num_workers = device, num_workers
+
+    def __len__(self) -> int:
+        return len(self.decoder)
+
+    def batches(self, rows: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The model input of each index tensor in ``rows``, in order, on the device."""
+        loader = torch.utils.data.DataLoader(
+            self.decoder,
+            batch_size=None,  # each key is already a whole batch of row indices
+            sampler=[r.cpu() for r in rows],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        return (xb.to(self.device, non_blocking=True) for xb in loader)
+
+
+class _BatchDecoder(torch.utils.data.Dataset):
+    """Map-style dataset whose keys are index tensors: one call decodes a whole batch, so a
+    worker's threads decode its images in parallel."""
+
+    def __init__(self, inputs, preprocess: Callable) -> None:
+        self.inputs, self.preprocess = inputs, preprocess
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.preprocess(self.inputs[rows.numpy()])
+
+
+def _crop_and_flip(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Random-resized crop and horizontal flip of a preprocessed batch, one draw per row.
+
+    Parameters
+    ----------
+    x : Tensor of shape (B, C, H, W)
+    u : Tensor of shape (B, 5)
+        Uniforms in [0, 1): crop area (in ``_CROP_AREA``), log aspect ratio (in
+        ``log _CROP_RATIO``), the crop centre's x and y, and a flip when ``u[:, 4] < 0.5``.
+
+    Returns
+    -------
+    Tensor of shape (B, C, H, W)
+        Each crop resampled bilinearly to ``H × W`` by one ``grid_sample``. Unlike torchvision,
+        which redraws a box that does not fit (ten tries, then a centre crop), a box wider or
+        taller than the image is clamped to it; and the crop is taken from the preprocessed
+        image, not the original file.
+    """
+    h, w = x.shape[-2:]
+    area = _CROP_AREA[0] + (_CROP_AREA[1] - _CROP_AREA[0]) * u[:, 0]
+    lo, hi = math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])
+    ratio = torch.exp(lo + (hi - lo) * u[:, 1])
+    # The crop's width and height as fractions of the image's: area·h·w pixels, width/height
+    # = ratio. affine_grid maps output to input coordinates in [-1, 1], so they are scales.
+    fw = torch.sqrt(area * ratio * h / w).clamp(max=1)
+    fh = torch.sqrt(area / ratio * w / h).clamp(max=1)
+    cx, cy = (2 * u[:, 2] - 1) * (1 - fw), (2 * u[:, 3] - 1) * (1 - fh)
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    zero = torch.zeros_like(fw)
+    theta = torch.stack([torch.stack([fw * flip, zero, cx], 1), torch.stack([zero, fh, cy], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 # --------------------------------------------------------------------------- batches
@@ -419,7 +551,10 @@ def _local_rows(perm: torch.Tensor, step: int, batch_size: int, ctx: _Dist) -> t
 
 @torch.no_grad()
 def _accuracies(
-    model: nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor], ctx: _Dist
+    model: nn.Module,
+    x: _Preprocessed | _Streamed,
+    targets: dict[str, torch.Tensor],
+    ctx: _Dist,
 ) -> dict[str, float | None]:
     """Eval-mode accuracy of ``model`` on ``x`` against each target column.
 
@@ -428,11 +563,12 @@ def _accuracies(
     """
     was_training = model.training
     model.eval()
-    rows = torch.arange(ctx.rank, len(x), ctx.world, device=x.device)
-    counts = torch.zeros(2, len(targets), dtype=torch.float64, device=x.device)
-    for chunk in rows.split(_EVAL_BATCH):
+    rows = torch.arange(ctx.rank, len(x), ctx.world, device=ctx.device)
+    counts = torch.zeros(2, len(targets), dtype=torch.float64, device=ctx.device)
+    chunks = list(rows.split(x.eval_batch))
+    for chunk, xb in zip(chunks, x.batches(chunks), strict=True):
         with autocast(ctx.device):
-            pred = model(x[chunk]).argmax(1)
+            pred = model(xb).argmax(1)
         for j, target in enumerate(targets.values()):
             t = target[chunk]
             counts[0, j] += (pred == t).sum()
@@ -451,7 +587,9 @@ def _claim_out_dir(result: PretrainResult, config: PretrainConfig, resume: bool)
     path = result.config_path
     want = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
     if path.is_file():
-        have = json.loads(path.read_text())
+        # A setting added after the run started is absent from its file; it ran the default.
+        defaults = json.loads(json.dumps(PretrainConfig().to_dict()))
+        have = {**defaults, **json.loads(path.read_text())}
         diff = sorted(
             k for k in set(have) | set(want)
             if k not in _PLACEMENT_KEYS and have.get(k) != want.get(k)

@@ -22,7 +22,7 @@ import torch
 from .._validation import NMTuneError
 from .base import Backbone
 from .blackbox import CallableBackbone, OpenAIEmbeddings, RetryableError
-from .torch_backbone import ImagePreprocess, TorchBackbone
+from .torch_backbone import _LUMA, ImagePreprocess, TorchBackbone
 
 __all__ = [
     "Backbone",
@@ -163,11 +163,18 @@ def _seeded_init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Mo
         return build()
 
 
+def _builtin_backbone(
+    name: str, build: Callable[[], torch.nn.Module], seed: int, preprocess: Callable | None = None
+) -> TorchBackbone:
+    """A built-in model with the fixed init of ``seed``, named by that seed until trained."""
+    module = _seeded_init(build, seed)
+    return TorchBackbone(module, preprocess=preprocess, name=name, weights_id=f"init-seed:{seed}")
+
+
 def _cifar_backbone(name: str, cls_name: str, seed: int, **kwargs) -> TorchBackbone:
     from . import cifar  # imported here so the registry loads without the model zoo
 
-    module = _seeded_init(lambda: getattr(cifar, cls_name)(**kwargs), seed)
-    return TorchBackbone(module, name=name, weights_id=f"init-seed:{seed}")
+    return _builtin_backbone(name, lambda: getattr(cifar, cls_name)(**kwargs), seed)
 
 
 def _register_resnet(depth: int) -> None:
@@ -187,6 +194,46 @@ def _register_resnet(depth: int) -> None:
 
 for _depth in (8, 14, 20):
     _register_resnet(_depth)
+
+
+#: ImageNet's per-channel mean and std in [0, 1] units (the torchvision / timm convention).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _imagenet_preprocess(in_channels: int, image_size: int) -> ImagePreprocess:
+    """ImageNet normalisation; grey inputs get the BT.601 luma of the statistics, the same
+    weights ImagePreprocess uses to turn RGB into grey."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if in_channels == 1:
+        mean = (sum(w * m for w, m in zip(_LUMA, mean, strict=True)),)
+        std = (sum(w * s for w, s in zip(_LUMA, std, strict=True)),)
+    return ImagePreprocess(in_channels, image_size, mean, std)
+
+
+def _register_imagenet_resnet(depth: int, feature_dim: int) -> None:
+    name = f"resnet{depth}"
+
+    @register_backbone(
+        name,
+        modality="image",
+        feature_dim=feature_dim,
+        description=f"ImageNet-style ResNet-{depth} (plain torch, torchvision's layout, no "
+        f"head): {feature_dim}-d pooled features; ImageNet mean/std at image_size (224)",
+    )
+    def _factory(in_channels: int = 3, image_size: int = 224, seed: int = 0) -> TorchBackbone:
+        from .resnet import ImageNetResNet
+
+        return _builtin_backbone(
+            name,
+            lambda: ImageNetResNet(depth, in_channels),
+            seed,
+            preprocess=_imagenet_preprocess(in_channels, image_size),
+        )
+
+
+_register_imagenet_resnet(18, 512)
+_register_imagenet_resnet(50, 2048)
 
 
 @register_backbone(

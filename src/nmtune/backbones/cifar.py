@@ -12,7 +12,7 @@ from torch import nn
 
 from .._validation import NMTuneError
 
-__all__ = ["BasicBlock", "ConvBNReLU", "ResNet", "SmallCNN", "conv3x3"]
+__all__ = ["BasicBlock", "ConvBNReLU", "ResNet", "SmallCNN", "conv3x3", "shortcut"]
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -29,6 +29,17 @@ class ConvBNReLU(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+
+
+def shortcut(in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    """A residual block's skip path: the identity, or, when the block changes the shape
+    (``stride > 1`` or a new width), a 1×1 convolution + BatchNorm (option B of He et al.)."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -52,12 +63,7 @@ class BasicBlock(nn.Module):
             conv3x3(out_channels, out_channels),
             nn.BatchNorm2d(out_channels),
         )
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.shortcut(x))

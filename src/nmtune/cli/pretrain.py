@@ -26,7 +26,9 @@ def register(subparsers) -> None:
         "write backbone.pt (backbone state_dict without the head), metrics.json, history.csv "
         "and history.png to --out. Flags override the values of --config.",
     )
-    p.add_argument("--config", type=Path, help="YAML file holding a PretrainConfig mapping")
+    p.add_argument("--config", type=Path,
+                   help="YAML file holding a PretrainConfig mapping, or a study config (its "
+                   "pretrain section and backbone: one grid point per run, e.g. under torchrun)")
     p.add_argument("--backbone", help="registered backbone name, e.g. resnet8, cnn4")
     p.add_argument("--width", type=int, help="backbone width (a backbone_kwargs entry)")
     p.add_argument("--dataset", help="registered training dataset name")
@@ -97,7 +99,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise NMTuneError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise NMTuneError(f"{path} must hold a mapping of pre-training settings")
+    if "pretrain" in raw and "backbone" in raw:
+        return _study_pretrain_settings(raw, path)
     return raw
+
+
+def _study_pretrain_settings(study: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A study config's ``pretrain`` section with its backbone: the settings ``nmtune study``
+    pre-trains each grid point with, less the noise and seed that ``--noise``/``--seed`` give."""
+    if not isinstance(study["pretrain"], dict):
+        raise NMTuneError(f"{path}: the study has no pretrain section to run")
+    backbone = study["backbone"]
+    if isinstance(backbone, str):
+        backbone = {"name": backbone}
+    return {**study["pretrain"], "backbone": backbone["name"],
+            "backbone_kwargs": dict(backbone.get("kwargs") or {})}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ Names
     Registered datasets (``list_datasets()``; ``nmtune datasets`` shows their cards).
 ``folder:PATH``
     An ImageFolder tree of PNG/JPEG files (``PATH/CLASS/*`` or ``PATH/{train,test}/CLASS/*``).
+    A split too large for memory (over 2 GiB decoded: ImageNet) loads lazily: its inputs are
+    :class:`~nmtune.data.lazy.LazyImages`, decoded when indexed.
 ``csv:PATH``, ``jsonl:PATH``
     A text table with ``text`` and ``label`` columns, optionally ``split``.
 ``BASE~SHIFT[~SHIFT...]``
@@ -189,7 +191,7 @@ def load_dataset(
     seed : int
         Seeds the subset and the random shifts.
     **options
-        Passed to the source; ``image_size=`` for ``folder:`` trees.
+        Passed to the source; ``image_size=`` and ``lazy=`` for ``folder:`` trees.
 
     Returns
     -------

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._validation import NMTuneError
 
+if TYPE_CHECKING:
+    from .lazy import LazyImages
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """One split of a dataset, fully in memory.
+    """One split of a dataset: in memory, or images decoded from files when indexed.
 
     Attributes
     ----------
@@ -20,7 +24,9 @@ class Dataset:
         Registry name (``"mnist"``, ``"digits-framed"``, ...).
     split : str
         ``"train"``, ``"test"``, ...
-    inputs : ndarray of shape (N, C, H, W), float32 in [0, 1]; or list of N str for text
+    inputs : ndarray of shape (N, C, H, W), float32 in [0, 1]; or list of N str for text;
+        or :class:`~nmtune.data.lazy.LazyImages`, which indexes like that array (slices and
+        index arrays return decoded ndarrays) for folders too large for memory
     labels : ndarray of shape (N,), int64 in ``[0, len(classes))``
     classes : tuple of str
         Class names, indexed by label.
@@ -32,7 +38,7 @@ class Dataset:
 
     name: str
     split: str
-    inputs: np.ndarray | list[str]
+    inputs: np.ndarray | list[str] | LazyImages
     labels: np.ndarray
     classes: tuple[str, ...]
     modality: str
@@ -58,8 +64,11 @@ class Dataset:
     def take(self, indices: np.ndarray, tag: str) -> Dataset:
         """A new dataset of the rows ``indices``; ``tag`` names the selection in its fingerprint."""
         indices = np.asarray(indices, dtype=np.int64)
+        # take(axis=0) is ndarray[indices] for arrays and keeps LazyImages lazy.
         inputs = (
-            [self.inputs[i] for i in indices] if self.modality == "text" else self.inputs[indices]
+            [self.inputs[i] for i in indices]
+            if self.modality == "text"
+            else self.inputs.take(indices, axis=0)
         )
         return Dataset(
             name=self.name,

@@ -337,7 +337,10 @@ def _table_kind(path) -> str:
 
 
 def load_image_folder(
-    root: str | os.PathLike, split: str = "train", image_size: int | tuple[int, int] | None = None
+    root: str | os.PathLike,
+    split: str = "train",
+    image_size: int | tuple[int, int] | None = None,
+    lazy: bool | None = None,
 ) -> Dataset:
     """An ImageFolder tree: ``root/CLASS/*.png`` or ``root/{train,test}/CLASS/*.png``.
 
@@ -347,19 +350,31 @@ def load_image_folder(
     split : str
         A split folder's name; ``"train"`` (the whole tree) when there are none.
     image_size : int or (int, int), optional
-        Resize every image to this (height, width). Without it all images must share a size.
+        Resize every image to this (height, width). Without it all images must share a size
+        (in memory) or are resized to 224×224 (lazy).
+    lazy : bool, optional
+        ``True``: inputs are :class:`~nmtune.data.lazy.LazyImages`, decoded when indexed
+        (always RGB; each image resized to cover ``image_size`` and centre-cropped).
+        ``False``: decode everything now. ``None`` (default): lazy when the decoded split
+        would exceed :data:`~nmtune.data.lazy.AUTO_LAZY_BYTES` (2 GiB).
 
     Returns
     -------
     Dataset
-        Grayscale (C=1) when every image is grayscale, else RGB (C=3). Classes are the
-        sorted class-folder names across all splits, so splits share one label coding.
+        In memory: grayscale (C=1) when every image is grayscale, else RGB (C=3). Classes are
+        the sorted class-folder names across all splits, so splits share one label coding.
     """
     from PIL import Image
+
+    from .lazy import load_lazy_folder, prefers_lazy
 
     files, classes = image_folder_files(root)
     if split not in files:
         raise NMTuneError(f"{root} has no split {split!r}; it has {sorted(files)}")
+    if lazy is None:
+        lazy = prefers_lazy([path for path, _ in files[split]], image_size)
+    if lazy:
+        return load_lazy_folder(root, split, files[split], classes, image_size)
     images = [Image.open(path) for path, _ in files[split]]
     colour = any(im.mode not in ("1", "L", "I", "I;16", "F") for im in images)
     arrays = [_decode(im, "RGB" if colour else "L", image_size) for im in images]
