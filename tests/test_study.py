@@ -210,3 +210,11 @@ def test_missing_data_fails_before_any_work(tmp_path, task_train, match):
     with pytest.raises(NMTuneError, match=match):
         run_study(config_from_dict(raw), tmp_path, progress=False)
     assert not (tmp_path / "pretrain").exists()
+
+
+def test_test_sets_must_share_the_training_classes(tmp_path):
+    raw = {**TINY, "pretrain": None, "noise": None, "methods": {"lp": {"Cs": 1}},
+           "tasks": [{"name": "digits", "train": {"dataset": "digits", "limit": 100},
+                      "test": {"dataset": "fashion-mnist", "split": "test", "limit": 100}}]}
+    with pytest.raises(NMTuneError, match="must be the same list"):
+        run_study(config_from_dict(raw), tmp_path, progress=False)

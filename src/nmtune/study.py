@@ -342,6 +342,17 @@ class _Runner:
         views = int(params.get("views", 1))
 
         def compute():
+            classes = self.dataset(task.train).classes
+            for _, _, spec in task.evaluations():
+                other = self.dataset(spec).classes
+                if other != classes:
+                    # Labels are indices into each set's classes: different class lists would
+                    # silently score a shifted set against the wrong names.
+                    raise NMTuneError(
+                        f"task {task.name!r}: test set {spec.label} has classes "
+                        f"{list(other)[:5]}..., training set {task.train.label} has "
+                        f"{list(classes)[:5]}...; they must be the same list"
+                    )
             X_train, y_train = self.features(backbone, task.train, views=views)
             tuner = _make_tuner(params, seed, self.cfg.device)
             t0 = time.perf_counter()
