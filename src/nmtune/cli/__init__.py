@@ -15,7 +15,10 @@ from .. import __version__
 from .._validation import NMTuneError
 
 #: Verb modules, in the order ``--help`` lists them.
-COMMANDS = ("analyze", "tune")
+COMMANDS = (
+    "datasets", "backbones", "extract", "analyze", "tune", "report", "pretrain",
+    "study", "serve_embeddings",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
