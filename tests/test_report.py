@@ -466,3 +466,18 @@ def test_claims_not_testable_without_slight_ratios_or_ood_rows():
     assert claim.verdict == "not testable" and "5-10%" in claim.evidence
     id_only = claims_by_topic(results[results["kind"] == "id"])
     assert id_only["ood"].verdict == id_only["nmtune_ood"].verdict == "not testable"
+
+
+def test_timing_counts_each_fit_once_across_its_id_and_ood_rows():
+    from nmtune.report import _timing_table
+
+    rows = []
+    for seed in (0, 1):
+        for kind, test_set in (("id", "mnist/test"), ("ood", "digits/test"), ("ood", "rot/test")):
+            rows.append({"noise_type": "none", "noise_ratio": 0.0, "seed": seed, "kind": kind,
+                         "train_set": "mnist/train", "test_set": test_set, "task": test_set,
+                         "method": "lp", "protocol": "last-epoch", "accuracy": 0.5,
+                         "fit_seconds": 2.0 + seed})
+    table = _timing_table(pd.DataFrame(rows))
+    assert table["fits"].tolist() == [2]
+    assert table["total seconds"].tolist() == [5.0]

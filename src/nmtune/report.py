@@ -714,10 +714,17 @@ def _loss_table(results: pd.DataFrame) -> pd.DataFrame | None:
     return table.assign(noise_ratio=_percent(table["noise_ratio"]))
 
 
+def _fits(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per fitted tuner: a study evaluates one fit on its ID and all OOD test sets."""
+    key = [c for c in ("noise_type", "noise_ratio", "seed", "train_set", "method", "protocol")
+           if c in results]
+    return results.drop_duplicates(key) if "train_set" in key else results
+
+
 def _timing_table(results: pd.DataFrame) -> pd.DataFrame | None:
     if results["fit_seconds"].isna().all():
         return None
-    grouped = _with_series(results).groupby("series")["fit_seconds"]
+    grouped = _with_series(_fits(results)).groupby("series")["fit_seconds"]
     table = grouped.agg(["count", "mean", "sum"]).reset_index()
     table.columns = ["series", "fits", "mean seconds per fit", "total seconds"]
     return table.round({"mean seconds per fit": 2, "total seconds": 1})
@@ -969,7 +976,7 @@ def _header(study: StudyResults, name: str) -> list:
     facts = [f"seeds: {', '.join(str(s) for s in sorted(results['seed'].unique()))}"]
     facts += [_fact(k, v) for k, v in meta.items() if k not in ("config", "name")]
     if not any(k.endswith("seconds") for k in meta):
-        recorded = results["fit_seconds"].sum()
+        recorded = _fits(results)["fit_seconds"].sum()
         if study.pretrain is not None:
             recorded += study.pretrain["seconds"].sum()
         facts.append(_fact("recorded_fit_and_pretraining_seconds", float(recorded)))
