@@ -21,7 +21,10 @@ import statistics
 import tempfile
 import time
 
+# isort: off
+import nmtune  # noqa: F401  before torch: sets OMP_WAIT_POLICY, see nmtune/__init__.py
 import torch
+# isort: on
 
 from nmtune._torch import autocast, resolve_device, tune_cpu_allocator
 from nmtune.backbones import create_backbone
