@@ -481,3 +481,16 @@ def test_timing_counts_each_fit_once_across_its_id_and_ood_rows():
     table = _timing_table(pd.DataFrame(rows))
     assert table["fits"].tolist() == [2]
     assert table["total seconds"].tolist() == [5.0]
+
+
+def test_protocol_is_named_only_for_methods_run_under_several():
+    from nmtune.report import _with_series
+
+    base = {"noise_type": "none", "noise_ratio": 0.0, "seed": 0, "kind": "id", "task": "t",
+            "train_set": "a", "test_set": "b", "accuracy": 0.5}
+    df = pd.DataFrame([{**base, "method": "lp", "protocol": "last-epoch"},
+                       {**base, "method": "nmtune-val", "protocol": "val-selected"},
+                       {**base, "method": "mlp", "protocol": "last-epoch"},
+                       {**base, "method": "mlp", "protocol": "val-selected"}])
+    assert _with_series(df)["series"].tolist() == [
+        "lp", "nmtune-val", "mlp (last-epoch)", "mlp (val-selected)"]

@@ -580,11 +580,11 @@ def _share_clean_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_series(results: pd.DataFrame) -> pd.DataFrame:
-    """Add ``series``: the method, with its protocol and noise type where the study has several."""
+    """Add ``series``: the method, with its protocol where that method ran under several, and
+    the noise type where the study has several."""
     df = _share_clean_rows(results)
-    series = df["method"]
-    if df["protocol"].nunique() > 1:
-        series = series + " (" + df["protocol"] + ")"
+    several = df.groupby("method")["protocol"].transform("nunique") > 1
+    series = df["method"].where(~several, df["method"] + " (" + df["protocol"] + ")")
     if df["noise_type"].nunique() > 1:
         series = series + ", " + df["noise_type"]
     return df.assign(series=series)
