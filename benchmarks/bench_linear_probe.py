@@ -70,7 +70,9 @@ def compare(name: str, X, y, X_test, y_test, Cs) -> None:
     scaler = StandardScaler().fit(X)
     X, X_test = scaler.transform(X), scaler.transform(X_test)
     probe, t_probe = timed(
-        lambda: LinearProbe(Cs=Cs, val_size=VAL_SIZE, random_state=SEED).fit(X, y))
+        # patience=None: the full sweep, the same work as the scikit-learn peer.
+        lambda: LinearProbe(Cs=Cs, val_size=VAL_SIZE, patience=None,
+                            random_state=SEED).fit(X, y))
     print(f"\n{name}: N={len(y)}, D={X.shape[1]}, K={len(np.unique(y))}, "
           f"{len(Cs)} Cs from {Cs[0]:g} to {Cs[-1]:g}, test N={len(y_test)}")
     print(f"{'method':<34} {'test acc':>8} {'C':>8} {'time s':>8} {'vs probe':>8}")
