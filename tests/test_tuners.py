@@ -313,3 +313,37 @@ def test_bad_parameters_fail_at_fit(estimator, match):
     X, y = _standardised_blobs(n=60)
     with pytest.raises(NMTuneError, match=match):
         estimator.fit(X, y)
+
+
+def test_train_step_takes_the_step_of_the_hand_composed_loss():
+    import copy
+
+    import torch.nn.functional as F
+
+    from nmtune.objective import consistency_mse, covariance_penalty, top_singular_ratio
+    from nmtune.tuners import ResidualMLP, train_step
+
+    torch.manual_seed(0)
+    model = ResidualMLP(6, 2, 3).train()
+    twin = copy.deepcopy(model)
+    fa, fb, y = torch.randn(16, 6), torch.randn(16, 6), torch.randint(0, 3, (16,))
+    w = (1.0, 0.04, 0.001)
+
+    def sgd(m):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+    terms = train_step(model, *sgd(model), fa, fb, y, weights=w, top_k=2)
+
+    opt, _ = sgd(twin)
+    z, logits = twin(torch.cat([fa, fb]))
+    ce = F.cross_entropy(logits, torch.cat([y, y]))
+    mse, cov, svd = consistency_mse(z[16:], fa), covariance_penalty(z), top_singular_ratio(z, 2)
+    (ce + w[0] * mse + w[1] * cov - w[2] * svd).backward()
+    opt.step()
+
+    want = [float(t.detach()) for t in (ce, mse, cov, svd)]
+    np.testing.assert_allclose(terms.numpy(), want,
+                               rtol=1e-5)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), atol=1e-6)
