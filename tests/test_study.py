@@ -208,8 +208,8 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path):
 def test_missing_data_fails_before_any_work(tmp_path, task_train, match):
     raw = {**TINY, "tasks": [{**TINY["tasks"][0], "train": task_train}]}
     with pytest.raises(NMTuneError, match=match):
-        run_study(config_from_dict(raw), tmp_path, progress=False)
-    assert not (tmp_path / "pretrain").exists()
+        run_study(config_from_dict(raw), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_test_sets_must_share_the_training_classes(tmp_path):
@@ -218,3 +218,19 @@ def test_test_sets_must_share_the_training_classes(tmp_path):
                       "test": {"dataset": "fashion-mnist", "split": "test", "limit": 100}}]}
     with pytest.raises(NMTuneError, match="must be the same list"):
         run_study(config_from_dict(raw), tmp_path, progress=False)
+
+
+def test_each_feature_set_is_extracted_once_per_model(tmp_path, monkeypatch):
+    import nmtune.features
+
+    calls = []
+    real_extract = nmtune.features.extract
+
+    def counting(backbone, dataset, **kw):
+        calls.append((backbone.identity(), dataset.fingerprint, kw["views"]))
+        return real_extract(backbone, dataset, **kw)
+
+    monkeypatch.setattr(nmtune.features, "extract", counting)
+    run_study(config_from_dict(TINY), tmp_path, progress=False)
+    # 2 models × (train, ID test, OOD test), shared by 3 methods and the spectrum.
+    assert len(calls) == len(set(calls)) == 6

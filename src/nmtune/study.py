@@ -249,7 +249,7 @@ def _make_tuner(params: dict, seed: int, device: str):
     grid = params.pop("select", None)
     val_size = params.pop("select_val_size", 0.2)
     params.pop("views", None)
-    if "device" in cls().get_params():
+    if "device" in cls._get_param_names():
         params.setdefault("device", device)
     try:
         estimator = cls(random_state=seed, **params)
@@ -265,13 +265,20 @@ def _make_tuner(params: dict, seed: int, device: str):
 
 
 class _Runner:
-    """Runs one study into ``out_dir``; holds the loaded datasets so each is read once."""
+    """Runs one study into ``out_dir``.
+
+    Holds the loaded datasets so each is read once, a real (not pre-trained here) backbone so
+    it is loaded once, and the current grid point's features so each cached array is read and
+    verified once, however many methods use it.
+    """
 
     def __init__(self, config: StudyConfig, out_dir: Path, progress: bool):
         self.cfg = config
         self.out = out_dir
         self.progress = progress
         self._datasets: dict[SetSpec, Any] = {}
+        self._real_backbone = None
+        self._features: dict[tuple[SetSpec, int], tuple[Any, Any]] = {}
 
     # -- stages -----------------------------------------------------------------
 
@@ -288,7 +295,9 @@ class _Runner:
 
         kwargs = dict(self.cfg.backbone.get("kwargs") or {})
         if self.cfg.pretrain is None:
-            return create_backbone(self.cfg.backbone["name"], **kwargs), None
+            if self._real_backbone is None:
+                self._real_backbone = create_backbone(self.cfg.backbone["name"], **kwargs)
+            return self._real_backbone, None
         from .pretrain import PretrainConfig, pretrain
 
         noise_kind = self.cfg.noise.get("kind", "symmetric") if ratio > 0 else "none"
@@ -309,8 +318,11 @@ class _Runner:
         return backbone, result.metrics
 
     def features(self, backbone, spec: SetSpec, views: int = 1):
+        """Features and labels of ``spec`` under the current grid point's backbone."""
         from .features import extract
 
+        if (spec, views) in self._features:
+            return self._features[spec, views]
         fs = extract(
             backbone,
             self.dataset(spec),
@@ -321,9 +333,10 @@ class _Runner:
             cache_dir=self.out / "features",
             progress=self.progress,
         )
+        self._features[spec, views] = fs.features, fs.labels
         return fs.features, fs.labels
 
-    def spectrum_cell(self, backbone, spec: SetSpec, grid: dict) -> dict:
+    def spectrum_cell(self, backbone, identity: str, spec: SetSpec, grid: dict) -> dict:
         from .spectrum import summary
 
         def compute():
@@ -333,10 +346,11 @@ class _Runner:
                     "effective_rank": s["effective_rank"], "n": s["n"], "d": s["d"],
                     "singular_values": json.dumps([float(v) for v in s["singular_values"]])}
 
-        path = self.out / "cells" / f"spectrum-{_key(backbone.identity(), spec, grid)}.json"
+        path = self.out / "cells" / f"spectrum-{_key(identity, spec, grid)}.json"
         return _cached(path, compute)
 
-    def tune_cells(self, backbone, task: TaskSpec, method: str, seed: int, grid: dict) -> list:
+    def tune_cells(self, backbone, identity: str, task: TaskSpec, method: str, seed: int,
+                   grid: dict) -> list:
         """Fit ``method`` on the task's training set once; one row per ID/OOD test set."""
         params = self.cfg.methods[method]
         views = int(params.get("views", 1))
@@ -379,7 +393,7 @@ class _Runner:
                              "n_test": int(len(y_test))})
             return {"rows": rows}
 
-        key = _key(backbone.identity(), task, method, params, seed, grid)
+        key = _key(identity, task, method, params, seed, grid)
         return _cached(self.out / "cells" / f"tune-{key}.json", compute)["rows"]
 
     # -- the grid ---------------------------------------------------------------
@@ -406,7 +420,6 @@ class _Runner:
             raise NMTuneError(f"backbone {self.cfg.backbone['name']!r} needs: {backbone.install}")
 
     def run(self) -> dict[str, pd.DataFrame]:
-        self.preflight()
         points = self.grid_points()
         spectrum_sets = list(self.cfg.spectrum_of) or list(
             dict.fromkeys(t.test for t in self.cfg.tasks)
@@ -420,18 +433,21 @@ class _Runner:
                     "seed": seed}
             bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: pre-training")
             backbone, metrics = self.pretrained(ratio, seed)
+            identity = backbone.identity()  # hashes the weights: once per grid point
+            self._features.clear()  # only this point's features are ever reused
             if metrics is not None:
                 grid["realised_noise_rate"] = metrics.get("realised_noise_rate", 0.0)
                 pretrain_rows.append({**grid, **{k: v for k, v in metrics.items()
                                                  if k not in grid}})
             for spec in spectrum_sets:
                 bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: spectrum {spec.label}")
-                spectra.append(self.spectrum_cell(backbone, spec, grid))
+                spectra.append(self.spectrum_cell(backbone, identity, spec, grid))
                 bar.update()
             for task in self.cfg.tasks:
                 for method in self.cfg.methods:
                     bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: {task.name} {method}")
-                    results.extend(self.tune_cells(backbone, task, method, seed, grid))
+                    results.extend(self.tune_cells(backbone, identity, task, method, seed,
+                                                   grid))
                     bar.update()
         bar.close()
         return {"results": _tidy(results), "spectrum": _tidy(spectra),
@@ -458,6 +474,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     already done.
     """
     out = Path(out_dir)
+    runner = _Runner(config, out, progress)
+    runner.preflight()  # before anything is written: a missing dataset leaves no trace
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.yaml"
     if config_path.is_file() and yaml.safe_load(config_path.read_text()) != config.raw:
@@ -465,7 +483,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         print(f"note: {out} holds an earlier config; cells that still apply are reused")
     write_bytes_atomic(config_path, yaml.safe_dump(config.raw, sort_keys=False).encode())
     started = time.time()
-    tables = _Runner(config, out, progress).run()
+    tables = runner.run()
     for name, df in tables.items():
         if not df.empty:
             write_bytes_atomic(out / f"{name}.csv", df.to_csv(index=False).encode())
