@@ -19,6 +19,8 @@ def _markdown_cell(value) -> str:
 
 @dataclass(frozen=True)
 class Heading:
+    """A section heading (``level`` 1 is the title)."""
+
     text: str
     level: int = 2
 
@@ -31,6 +33,8 @@ class Heading:
 
 @dataclass(frozen=True)
 class Paragraph:
+    """A paragraph of plain text."""
+
     text: str
 
     def to_markdown(self, figure_dir: str) -> str:
@@ -42,6 +46,8 @@ class Paragraph:
 
 @dataclass(frozen=True)
 class Bullets:
+    """A bulleted list of plain-text items."""
+
     items: list[str]
 
     def to_markdown(self, figure_dir: str) -> str:
@@ -53,6 +59,8 @@ class Bullets:
 
 @dataclass(frozen=True)
 class Table:
+    """A table; a ``verdict`` column gets one colour per verdict in HTML."""
+
     frame: pd.DataFrame
 
     def to_markdown(self, figure_dir: str) -> str:
@@ -79,6 +87,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Image:
+    """A PNG figure: ``figures/<name>.png`` in Markdown, embedded as base64 in HTML."""
+
     name: str
     png: bytes
     caption: str
@@ -112,10 +122,12 @@ figcaption { color: #555; font-size: .9em; }
 
 
 def render_markdown(blocks: list, figure_dir: str) -> str:
+    """The blocks as one Markdown document; images link into ``figure_dir``."""
     return "\n\n".join(block.to_markdown(figure_dir) for block in blocks) + "\n"
 
 
 def render_html(blocks: list, title: str) -> str:
+    """The blocks as one self-contained HTML page (inline CSS, embedded images)."""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"

@@ -34,6 +34,7 @@ def _panels(n: int, width: float = 4.3, height: float = 3.3) -> tuple[Figure, li
 
 
 def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (100 dpi)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

@@ -117,6 +117,7 @@ def _grouped_mean_std(df: pd.DataFrame, by: list[str], columns: dict, digits: di
 
 
 def spectrum_table(spectrum: pd.DataFrame) -> pd.DataFrame:
+    """SVE, LSVR and effective rank, mean ± std over seeds, per feature set and noise setting."""
     table = _grouped_mean_std(
         share_clean_rows(spectrum),
         ["features_of", "noise_type", "noise_ratio"],
@@ -130,6 +131,7 @@ def spectrum_table(spectrum: pd.DataFrame) -> pd.DataFrame:
 
 
 def pretrain_table(pretrain: pd.DataFrame) -> pd.DataFrame:
+    """Requested vs realised noise and pre-training accuracies (%), mean ± std over seeds."""
     scaled = pretrain.assign(
         **{c: 100 * pretrain[c] for c in
            ("realised_noise_rate", "train_acc_noisy", "train_acc_clean", "eval_acc")}
@@ -152,6 +154,7 @@ def pretrain_table(pretrain: pd.DataFrame) -> pd.DataFrame:
 
 
 def loss_table(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Mean NMTune term magnitudes at the last epoch per series; None when none were logged."""
     losses = [c for c in LOSS_COLUMNS if c in results and results[c].notna().any()]
     if not losses:
         return None
@@ -170,6 +173,7 @@ def fits(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def timing_table(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Fits, mean and total fit seconds per series; None when no fit time was recorded."""
     if results["fit_seconds"].isna().all():
         return None
     grouped = with_series(fits(results)).groupby("series")["fit_seconds"]
