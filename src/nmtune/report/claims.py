@@ -28,7 +28,6 @@ SE_MULTIPLE = 2.0
 ALPHA = 0.05
 #: The paper's "slight" pre-training noise: ratios in this closed interval.
 SLIGHT_NOISE = (0.05, 0.10)
-#: Leading singular values drawn in the spectrum figure.
 #: Method names the NMTune claim compares (lower case, as ``results.csv`` writes them).
 NMTUNE, BASELINES = "nmtune", ("lp", "mlp")
 
@@ -54,7 +53,6 @@ DECISION_RULES = (
     "A claim is 'not testable' when the data lacks what it needs (no noise grid, no 0% "
     "baseline, no OOD rows, a missing method)."
 )
-
 
 
 @dataclass(frozen=True)

@@ -134,4 +134,3 @@ def render_html(blocks: list, title: str) -> str:
         + "\n".join(block.to_html() for block in blocks)
         + "\n</body></html>\n"
     )
-

@@ -155,4 +155,3 @@ def plot_method_bars(summary: pd.DataFrame) -> Figure:
         ax.set(title=f"{kind.upper()} accuracy (dashed: chance)", ylabel="accuracy (%)")
         ax.legend(fontsize="x-small")
     return fig
-

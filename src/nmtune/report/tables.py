@@ -1,7 +1,8 @@
 """Summaries and tables of a study's results: accuracy over seeds, spectrum, pre-training, time.
 
-Every function takes conformed tables (:mod:`nmtune.results`) and returns a DataFrame ready to
-print; accuracies become percentage points, cells read "mean ± std (n seeds)".
+The functions take conformed tables (:mod:`nmtune.results`; :func:`summary_table` conforms
+its own input) and return tables ready to print: accuracies in percentage points, cells
+"mean ± std (n seeds)".
 """
 
 from __future__ import annotations
@@ -180,4 +181,3 @@ def timing_table(results: pd.DataFrame) -> pd.DataFrame | None:
     table = grouped.agg(["count", "mean", "sum"]).reset_index()
     table.columns = ["series", "fits", "mean seconds per fit", "total seconds"]
     return table.round({"mean seconds per fit": 2, "total seconds": 1})
-
