@@ -50,7 +50,7 @@ from nmtune.objective import AUTHOR_WEIGHTS
 from nmtune.pretrain import PretrainConfig, pretrain
 from nmtune.tuners import LinearProbe, NMTuneClassifier, ResidualMLP, _batch_bounds, train_step
 
-#: The authors' tuning settings (DESIGN §3.1); (a) and (b) share them.
+#: The authors' tuning settings (docs/design.md §3.1); (a) and (b) share them.
 LR, WEIGHT_DECAY, BATCH_SIZE, HIDDEN_RATIO = 1e-3, 1e-4, 64, 4
 WEIGHTS = (AUTHOR_WEIGHTS["mse"], AUTHOR_WEIGHTS["cov"], AUTHOR_WEIGHTS["svd"])
 #: Per backbone: factory arguments and default (train, test) subset sizes on MNIST.

@@ -1,4 +1,4 @@
-"""Label noise (DESIGN §3.3): exact counts, never same-class flips, seeded, validated."""
+"""Label noise (docs/design.md §3.3): exact counts, never same-class flips, seeded, validated."""
 
 import importlib.metadata
 

@@ -1,4 +1,4 @@
-"""NMTune terms against independent numpy computations (DESIGN §3.1)."""
+"""NMTune terms against independent numpy computations (docs/design.md §3.1)."""
 
 import numpy as np
 import pytest

@@ -410,7 +410,7 @@ def test_report_for_real_backbone_study_without_noise_grid(tmp_path):
 def test_failed_build_leaves_previous_report(tmp_path, monkeypatch):
     paths = build_report(write_study(tmp_path, small_results()))
     before = paths["html"].read_bytes()
-    monkeypatch.setattr("nmtune.report._render_html", lambda *a: 1 / 0)
+    monkeypatch.setattr("nmtune.report.build.render_html", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         build_report(tmp_path)
     assert paths["html"].read_bytes() == before
@@ -469,7 +469,7 @@ def test_claims_not_testable_without_slight_ratios_or_ood_rows():
 
 
 def test_timing_counts_each_fit_once_across_its_id_and_ood_rows():
-    from nmtune.report import _timing_table
+    from nmtune.report.tables import timing_table
 
     rows = []
     for seed in (0, 1):
@@ -478,13 +478,13 @@ def test_timing_counts_each_fit_once_across_its_id_and_ood_rows():
                          "train_set": "mnist/train", "test_set": test_set, "task": test_set,
                          "method": "lp", "protocol": "last-epoch", "accuracy": 0.5,
                          "fit_seconds": 2.0 + seed})
-    table = _timing_table(pd.DataFrame(rows))
+    table = timing_table(pd.DataFrame(rows))
     assert table["fits"].tolist() == [2]
     assert table["total seconds"].tolist() == [5.0]
 
 
 def test_protocol_is_named_only_for_methods_run_under_several():
-    from nmtune.report import _with_series
+    from nmtune.report.tables import with_series
 
     base = {"noise_type": "none", "noise_ratio": 0.0, "seed": 0, "kind": "id", "task": "t",
             "train_set": "a", "test_set": "b", "accuracy": 0.5}
@@ -492,5 +492,5 @@ def test_protocol_is_named_only_for_methods_run_under_several():
                        {**base, "method": "nmtune-val", "protocol": "val-selected"},
                        {**base, "method": "mlp", "protocol": "last-epoch"},
                        {**base, "method": "mlp", "protocol": "val-selected"}])
-    assert _with_series(df)["series"].tolist() == [
+    assert with_series(df)["series"].tolist() == [
         "lp", "nmtune-val", "mlp (last-epoch)", "mlp (val-selected)"]

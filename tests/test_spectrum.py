@@ -1,4 +1,4 @@
-"""Spectrum metrics (DESIGN §3.2) against numpy's SVD and hand computation."""
+"""Spectrum metrics (docs/design.md §3.2) against numpy's SVD and hand computation."""
 
 import math
 

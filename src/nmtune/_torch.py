@@ -50,8 +50,8 @@ _MALLOC_TUNED = False
 def tune_cpu_allocator() -> None:
     """Keep glibc from returning large freed blocks to the OS after every op.
 
-    Measured here (DESIGN §5): disabling mmap for large blocks and raising the trim threshold
-    gives 1.7-1.9x CPU forward speed, because big activations are no longer re-faulted in.
+    Measured here (docs/design.md §5.1): disabling mmap for large blocks and raising the trim
+    threshold gives 1.7-1.9x CPU forward speed, as big activations are no longer re-faulted in.
     Harmless where glibc is absent.
     """
     global _MALLOC_TUNED

@@ -1,4 +1,4 @@
-"""Label noise with exact, seeded semantics (DESIGN §3.3), and CIFAR-N real human noise.
+"""Label noise with exact, seeded semantics (docs/design.md §3.3), and CIFAR-N real human noise.
 
 Every corruption function returns ``(noisy, changed)``: the corrupted labels (or captions) and
 a boolean mask of the entries that changed. Counts are exact, not expected: a rate ``γ`` on

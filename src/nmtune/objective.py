@@ -1,4 +1,4 @@
-"""NMTune's regularisers as pure functions on tensors (DESIGN §3.1).
+"""NMTune's regularisers as pure functions on tensors (docs/design.md §3.1).
 
 All three take the transformed features ``z`` (N×D); the consistency term also takes the
 pre-trained features ``f`` it pulls ``z`` towards. None of them is weighted here: the tuner

@@ -1,4 +1,4 @@
-"""Singular-value spectrum of a feature matrix and the metrics read off it (DESIGN §3.2).
+"""Singular-value spectrum of a feature matrix and the metrics read off it (docs/design.md §3.2).
 
 Features ``X`` (N×D) are optionally L2-normalised per row, then centred per feature (column);
 both steps are on by default. With ``σ₁ ≥ … ≥ σ_m`` the singular values and

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError
+from .results import chance_level, tidy_table
 
 #: Bump when a cell's computation changes in a way its inputs don't show.
 CELL_FORMAT = 1
@@ -386,10 +387,9 @@ class _Runner:
             rows = []
             for name, kind, spec in task.evaluations():
                 X_test, y_test = self.features(backbone, spec)
-                counts = np.bincount(np.asarray(y_test))
                 rows.append({**common, "task": name, "kind": kind, "test_set": spec.label,
                              "accuracy": float(tuner.score(np.asarray(X_test), y_test)),
-                             "chance": float(counts.max() / counts.sum()),
+                             "chance": chance_level(y_test),
                              "n_test": int(len(y_test))})
             return {"rows": rows}
 
@@ -450,20 +450,8 @@ class _Runner:
                                                    grid))
                     bar.update()
         bar.close()
-        return {"results": _tidy(results), "spectrum": _tidy(spectra),
-                "pretrain": _tidy(pretrain_rows)}
-
-
-#: Leading columns of every table, in this order; the rest follow alphabetically. Cells are
-#: stored as JSON with sorted keys, so a fixed order keeps fresh and cached runs identical.
-_LEADING = ["noise_type", "noise_ratio", "realised_noise_rate", "seed", "task", "kind",
-            "train_set", "test_set", "features_of", "method", "protocol", "accuracy", "chance"]
-
-
-def _tidy(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    lead = [c for c in _LEADING if c in df.columns]
-    return df[lead + sorted(set(df.columns) - set(lead))]
+        return {"results": tidy_table(results), "spectrum": tidy_table(spectra),
+                "pretrain": tidy_table(pretrain_rows)}
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True) -> dict:

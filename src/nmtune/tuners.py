@@ -2,7 +2,7 @@
 
 Every tuner takes pre-extracted features, never the backbone: ``X`` is N×D (one view) or
 V×N×D (V augmented views of the same N samples, row-aligned) at fit time, and N×D at
-predict time (a V×N×D array is read as its view 0). DESIGN §3.1 gives the exact objective.
+predict time (a V×N×D array is read as its view 0). docs/design.md §3.1 gives the exact objective.
 
 - :class:`LinearProbe` -- the CLIP protocol: standardise, L-BFGS multinomial logistic
   regression, a log-spaced sweep of the L2 strength on a stratified validation split, refit on
@@ -734,7 +734,7 @@ class MLPProbe(_FeatureClassifier):
 class NMTuneClassifier(MLPProbe):
     """NMTune: the MLP probe trained with ``L = CE + w_mse·mse + w_cov·cov − w_svd·svd``.
 
-    The terms are those of :mod:`nmtune.objective` (DESIGN §3.1): consistency of the tuned
+    The terms are those of :mod:`nmtune.objective` (docs/design.md §3.1): consistency of the tuned
     view b with the pre-trained view a, the VICReg covariance penalty over all rows, and the
     mean top-``top_k`` singular-value ratio of ``z`` (maximised). Defaults are the authors'
     weights. Other parameters and attributes are those of :class:`MLPProbe`.

@@ -15,8 +15,8 @@ def register(subparsers) -> None:
         "tune",
         help="fit LP / MLP / NMTune on a feature file and print test accuracy",
         description="Fit a tuner on the features of TRAIN.npz (N×D, or V×N×D augmented views) "
-        "and print the accuracy on each test file, with its size, the chance level (1/K for "
-        "K training classes) and the fit time. Test files are read as N×D (view 0 of V×N×D).",
+        "and print the accuracy on each test file, with its size, the chance level (the share of "
+        "its most frequent class) and the fit time. Test files are read as N×D (view 0 of V×N×D).",
     )
     p.add_argument("--train", required=True, metavar="TRAIN.npz", help="training feature file")
     p.add_argument("--test", required=True, action="append", metavar="NAME=TEST.npz",
@@ -62,6 +62,7 @@ def _estimator(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from .._io import load_feature_file
     from .._validation import NMTuneError
+    from ..results import chance_level
 
     estimator = _estimator(args)
     X_train, y_train, _ = load_feature_file(args.train)
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         "fit_seconds": round(fit_seconds, 3),
         "tests": {
             name: {"path": path, "n": int(len(y_test)),
-                   "accuracy": float(estimator.score(X_test, y_test)), "chance": 1.0 / n_classes}
+                   "accuracy": float(estimator.score(X_test, y_test)),
+                   "chance": chance_level(y_test)}
             for name, (path, X_test, y_test) in tests.items()
         },
     }
