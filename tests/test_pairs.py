@@ -188,3 +188,12 @@ def test_synthetic_pairs_are_labelled_and_carded(pair_set):
     assert "NOT human-written" in pair_set.card and "digits" in pair_set.card
     again = synthetic_pairs("digits", "test", limit=23, seed=1)
     assert again.captions == pair_set.captions
+
+
+def test_noisy_pairs_export_for_open_clip(pair_set, tmp_path):
+    noisy, changed = pair_set.swap_captions(0.4, seed=0)
+    assert changed.sum() == round(0.4 * 23) and "0.3913 of the pairs" in noisy.card
+    exported = list(read_shards(write_shards(noisy.pairs(), tmp_path)))
+    got = np.array([p.caption for p in exported])
+    np.testing.assert_array_equal(got != np.array(pair_set.captions), changed)
+    assert [p.image for p in exported] == [p.image for p in pair_set.pairs()]

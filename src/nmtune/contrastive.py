@@ -382,6 +382,7 @@ def train_clip(
     out_dir = Path(out_dir)
     config = {
         "n": len(images),
+        "epochs": epochs,  # the learning-rate schedule spans all of them
         "batch_size": batch_size,
         "lr": lr,
         "weight_decay": weight_decay,
@@ -405,7 +406,7 @@ def train_clip(
             order = torch.randperm(
                 len(images), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             )
-            total = torch.zeros((), dtype=torch.float64)
+            total = torch.zeros((), dtype=torch.float64, device=dev)
             for step in range(steps):
                 rows = order[step * batch_size + rank * local :][:local]
                 rate = _cosine_lr(epoch * steps + step, epochs * steps, lr, warmup_steps)
@@ -416,7 +417,7 @@ def train_clip(
                 (loss * world).backward()  # DDP averages: W·loss gives the one-process gradient
                 optimizer.step()
                 model.clamp_logit_scale_()
-                total += loss.detach().double().cpu()
+                total += loss.detach().double()
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -435,6 +436,8 @@ def train_clip(
             with atomic_path(out_dir / "model.pt") as tmp:
                 torch.save(model.state_dict(), tmp)
             write_json_atomic(out_dir / "history.json", history)
+        if world > 1:
+            dist.barrier()  # every rank returns once the outputs exist
     return history
 
 

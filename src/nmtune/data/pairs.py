@@ -371,6 +371,17 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def swap_captions(self, rate: float, seed: int = 0) -> tuple[PairSet, np.ndarray]:
+        """This set with caption-swap noise (:func:`nmtune.noise.caption_swap`) and its mask.
+
+        The card records the realised rate, so an exported copy says how noisy it is.
+        """
+        from ..noise import caption_swap
+
+        noisy, changed = caption_swap(self.captions, rate, seed)
+        card = f"{self.card} Caption-swap noise: {changed.mean():.4f} of the pairs (seed {seed})."
+        return PairSet(self.images, noisy, self.labels, self.classes, card), changed
+
     def pairs(self) -> Iterator[Pair]:
         """The pairs as PNG-encoded :class:`Pair` objects, keys ``00000000``, ``00000001``..."""
         from PIL import Image
