@@ -4,7 +4,8 @@ Both train a CLIP model (ResNet-8 image tower, the built-in byte-level text tran
 the offline synthetic MNIST pairs with AdamW, the same seeded batch order and the symmetric
 InfoNCE loss; the bare loop has no schedule, no logit-scale clamp, no checkpoints and no
 history. Runs alternate (bare, train_clip, bare, train_clip, ...) so load from other jobs
-hits both alike, after an untimed warm-up of each; prints pairs per second of each and the ratio (the issue asks >= 0.9).
+hits both alike, after an untimed warm-up of each; prints pairs per second of each and the
+ratio (the issue asks >= 0.9).
 
     python benchmarks/bench_clip_train.py [--pairs 2048] [--epochs 2] [--repeats 2]
 """
