@@ -271,7 +271,7 @@ def read_csv(
                 data = image_path.read_bytes()
             except OSError as exc:
                 raise NMTuneError(f"{path}:{line}: cannot read image {image_path}: {exc}") from None
-            key, _, ext = image_path.name.partition(".")
+            key, _, ext = image_path.name.rpartition(".")
             yield Pair(key=key, image=data, ext=ext.lower(), caption=row[caption_key])
 
 
