@@ -156,11 +156,11 @@ def test_caption_swap_is_an_exact_derangement(n, rate, count):
         assert (noisy[i] != captions[i]) == changed[i]
 
 
-def test_caption_swap_counts_duplicates_by_position():
+def test_caption_swap_never_swaps_identical_captions():
     captions = np.array(["a dog"] * 6 + ["a cat"] * 2)
     noisy, changed = noise.caption_swap(captions, 0.5, seed=0)
     assert isinstance(noisy, np.ndarray)
-    assert changed.sum() == 4
+    assert changed.sum() == 4 and np.sum(noisy != captions) == 4  # changed by value
     assert sorted(noisy.tolist()) == sorted(captions.tolist())
 
 

@@ -217,15 +217,19 @@ def check_transition_matrix(T) -> np.ndarray:
 
 
 def caption_swap(captions: Sequence[Any], rate: float, seed: int = 0) -> tuple[Any, np.ndarray]:
-    """Give exactly ``round(rate·N)`` uniformly chosen pairs another chosen pair's caption.
+    """Change exactly ``round(rate·N)`` captions by swapping them between disjoint pairs.
 
-    The chosen pairs pass their captions round one random cycle, so every chosen pair ends up
-    with a caption taken from a *different* pair and no caption is lost or duplicated.
+    The paper's caption noise: a chosen image–text pair gives its caption to another chosen
+    pair and takes that pair's caption, so no caption is lost or duplicated. An even count
+    ``c`` is ``c/2`` disjoint swaps; an odd count is ``(c-3)/2`` swaps and one 3-cycle
+    (``a`` takes ``b``'s caption, ``b`` takes ``c``'s, ``c`` takes ``a``'s), the smallest
+    change that keeps the count exact. Two pairs with identical captions are never swapped
+    (that would change nothing), so every chosen pair really ends up with a different text.
 
     Parameters
     ----------
-    captions : sequence, length N
-        One caption (any object) per image–text pair.
+    captions : sequence of hashable, length N
+        One caption (usually a str) per image–text pair.
     rate : float in [0, 1]
     seed : int
 
@@ -233,14 +237,15 @@ def caption_swap(captions: Sequence[Any], rate: float, seed: int = 0) -> tuple[A
     -------
     noisy : list, or ndarray if ``captions`` is one, length N
     changed : ndarray of bool, shape (N,)
-        Pairs whose caption now comes from another pair. Duplicate captions are counted by
-        position: a pair that received an identical text from another pair still counts.
+        Pairs whose caption now differs from their own (compared by value). It holds exactly
+        ``round(rate·N)`` ones, so the realised rate ``changed.mean()`` is ``round(rate·N)/N``.
 
     Raises
     ------
     NMTuneError
-        If ``round(rate·N) == 1``: one pair cannot swap with itself, and rounding to 0 or 2
-        would silently break the exact count.
+        If ``round(rate·N) == 1`` (one pair cannot swap with itself), or if the captions
+        repeat so much that no such swap exists: one text may fill at most half of the
+        chosen pairs, and an odd count needs three distinct texts for its 3-cycle.
     """
     n = len(captions)
     if n == 0:
@@ -251,13 +256,73 @@ def caption_swap(captions: Sequence[Any], rate: float, seed: int = 0) -> tuple[A
             f"rate {rate} corrupts exactly 1 of {n} captions, but a swap needs at least 2 pairs;"
             " use a rate of 0 or at least 2/N"
         )
-    chosen = _rng(seed).choice(n, size=count, replace=False)  # uniform and in random order
+    group = _caption_groups(captions)
+    rng = _rng(seed)
     source = np.arange(n)
-    source[chosen] = np.roll(chosen, -1)  # chosen[i] takes chosen[i+1]'s caption: a derangement
-    changed = source != np.arange(n)
+    for cycle in _swap_cycles(_swappable_choice(group, count, rng), group, rng):
+        source[cycle] = np.roll(cycle, -1)  # cycle[i] takes cycle[i+1]'s caption
+    changed = group[source] != group
     if isinstance(captions, np.ndarray):
         return captions[source], changed
     return [captions[j] for j in source], changed
+
+
+#: Random draws of the chosen pairs before :func:`caption_swap` gives up on repeated captions.
+_SWAP_TRIES = 64
+
+
+def _caption_groups(captions: Sequence[Any]) -> np.ndarray:
+    """One integer per caption, equal for equal captions."""
+    ids: dict[Any, int] = {}
+    try:
+        return np.array([ids.setdefault(c, len(ids)) for c in captions], dtype=np.int64)
+    except TypeError as exc:
+        raise NMTuneError(f"captions must be hashable (e.g. str): {exc}") from None
+
+
+def _is_swappable(groups: np.ndarray) -> bool:
+    """Whether ``groups`` splits into swaps (and one 3-cycle if odd) of distinct captions."""
+    sizes = np.bincount(groups)
+    if groups.size % 2 and np.count_nonzero(sizes) < 3:
+        return False
+    return sizes.max(initial=0) <= groups.size // 2
+
+
+def _swappable_choice(group: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` uniformly chosen positions, redrawn until their captions can all change.
+
+    Rejection keeps the choice uniform over the sets that can be swapped; with varied captions
+    the first draw almost always is one.
+    """
+    for _ in range(_SWAP_TRIES):
+        chosen = rng.choice(group.size, size=count, replace=False)
+        if _is_swappable(group[chosen]):
+            return chosen
+    top = np.bincount(group).max()
+    raise NMTuneError(
+        f"cannot change {count} of {group.size} captions by swapping distinct ones: one caption "
+        f"text repeats {top} times; lower the rate or deduplicate the captions"
+    )
+
+
+def _swap_cycles(chosen: np.ndarray, group: np.ndarray, rng: np.random.Generator) -> list:
+    """Split ``chosen`` into disjoint swaps (plus one 3-cycle if odd) of distinct captions."""
+    order = rng.permutation(chosen)
+    cycles = []
+    if order.size % 2:
+        # One pair from each of the three largest caption groups: what remains still has no
+        # group larger than half of it, so it can be paired.
+        _, first, sizes = np.unique(group[order], return_index=True, return_counts=True)
+        top = np.lexsort((first, -sizes))[:3]
+        cycles.append(order[first[top]])
+        order = np.delete(order, first[top])
+    # Equal captions sit together, in groups of at most half the list, so position i and
+    # position i + half always hold different captions.
+    rank = rng.permutation(group.max() + 1)
+    order = order[np.argsort(rank[group[order]], kind="stable")]
+    half = order.size // 2
+    cycles.extend(np.stack([order[:half], order[half:]], axis=1))
+    return cycles
 
 
 def realised_rate(clean, noisy) -> float:

@@ -1,0 +1,236 @@
+"""Contrastive pre-training: towers, InfoNCE against numpy, gathered loss under gloo, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nmtune._validation import NMTuneError
+from nmtune.backbones import create_backbone
+from nmtune.contrastive import ByteTokenizer, CLIPModel, TextTransformer, clip_loss, train_clip
+
+
+def _numpy_infonce(img: np.ndarray, txt: np.ndarray, scale: float) -> float:
+    """CLIP's loss written out: mean of row-wise and column-wise softmax cross-entropies."""
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    s = scale * img.astype(np.float64) @ txt.astype(np.float64).T
+    n = len(s)
+    rows = np.mean([np.log(np.exp(s[i]).sum()) - s[i, i] for i in range(n)])
+    cols = np.mean([np.log(np.exp(s[:, j]).sum()) - s[j, j] for j in range(n)])
+    return (rows + cols) / 2
+
+
+def test_clip_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    img, txt = rng.normal(size=(2, 7, 5)).astype(np.float32)
+    norm = lambda a: torch.nn.functional.normalize(torch.from_numpy(a), dim=1)  # noqa: E731
+    loss = clip_loss(norm(img), norm(txt), torch.tensor(1 / 0.07))
+    assert loss.item() == pytest.approx(_numpy_infonce(img, txt, 1 / 0.07), rel=1e-5)
+
+
+def test_byte_tokenizer_layout():
+    tokens = ByteTokenizer(context_length=6)(["ab", "héllo"])
+    assert tokens[0].tolist() == [1, ord("a") + 3, ord("b") + 3, 2, 0, 0]
+    # truncated to context_length - 2 bytes, then closed by EOT
+    assert tokens[1].tolist() == [1, *[b + 3 for b in "héllo".encode()[:4]], 2]
+
+
+def test_clip_model_on_a_registry_backbone():
+    image = create_backbone("resnet8").module
+    model = CLIPModel(image, TextTransformer(width=32, layers=1, heads=2), embed_dim=16)
+    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07)
+    img, txt, scale = model(torch.rand(3, 1, 28, 28), model.tokenize(["a", "b c", "d"]))
+    assert img.shape == txt.shape == (3, 16)
+    assert torch.allclose(img.norm(dim=1), torch.ones(3)) and torch.allclose(
+        txt.norm(dim=1), torch.ones(3)
+    )
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    model.clamp_logit_scale_()
+    assert model.logit_scale.exp().item() == pytest.approx(100.0)
+    with pytest.raises(NMTuneError, match="out_dim"):
+        CLIPModel(nn.Flatten(), TextTransformer(width=32, layers=1, heads=2))
+
+
+# ---------------------------------------------------------------- torch.distributed (gloo)
+
+B, WORLD = 4, 2
+CAPTIONS = [
+    f"a {w} digit number {i}"
+    for i, w in enumerate("small big thin bold tall wide odd even".split())
+]
+
+
+def _tiny_model() -> CLIPModel:
+    torch.manual_seed(0)
+    # No BatchNorm: its per-rank statistics would differ from the 2B-batch ones by design.
+    image = nn.Sequential(nn.Flatten(), nn.Linear(1 * 6 * 6, 12), nn.Tanh())
+    return CLIPModel(
+        image,
+        TextTransformer(width=16, layers=1, heads=2, context_length=24),
+        embed_dim=8,
+        image_dim=12,
+    )
+
+
+def _batch():
+    return torch.rand(B * WORLD, 1, 6, 6, generator=torch.Generator().manual_seed(1)), CAPTIONS
+
+
+TRAIN_ARGS = {"epochs": 2, "batch_size": 2 * B, "lr": 1e-2}
+
+
+def _rank_main(rank: int, port: int, out: str) -> None:
+    """One rank of both distributed checks: a DDP loss/gradient, then a ``train_clip`` run."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo")
+    try:
+        model = _tiny_model()
+        ddp = DistributedDataParallel(model)
+        images, captions = _batch()
+        rows = slice(rank * B, (rank + 1) * B)
+        img, txt, scale = ddp(images[rows], model.tokenize(captions[rows]))
+        loss = clip_loss(img, txt, scale)
+        loss.backward()  # DDP averages the gradients over the ranks
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        torch.save({"loss": loss.detach(), "grads": grads}, f"{out}/rank{rank}.pt")
+        # train_clip uses the group already joined and leaves it open.
+        train_clip(_tiny_model(), images.numpy(), captions, f"{out}/ddp", **TRAIN_ARGS)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Run :func:`_rank_main` on 2 gloo processes (127.0.0.1) once for the tests below."""
+    out = tmp_path_factory.mktemp("ranks")
+    torch.multiprocessing.spawn(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+def test_two_process_gathered_loss_equals_one_process_loss(two_ranks):
+    model = _tiny_model()
+    images, captions = _batch()
+    loss = clip_loss(*model(images, model.tokenize(captions)))
+    loss.backward()
+    for rank in range(WORLD):
+        got = torch.load(two_ranks / f"rank{rank}.pt")
+        assert got["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+        for name, p in model.named_parameters():
+            # Convention: each rank differentiates the global loss through its own features
+            # (and 1/W of the shared temperature), so the ranks' gradients sum to the
+            # one-process gradient and DDP's average is 1/W of it.
+            torch.testing.assert_close(got["grads"][name] * WORLD, p.grad, rtol=1e-5, atol=1e-6)
+    assert not math.isnan(loss.item())
+
+
+def _query_value(width: int) -> torch.Tensor:
+    return torch.cat([torch.arange(width), torch.arange(2 * width, 3 * width)])
+
+
+def test_torchrun_training_equals_one_process(two_ranks, tmp_path):
+    images, captions = _batch()
+    one = train_clip(_tiny_model(), images.numpy(), captions, tmp_path, **TRAIN_ARGS)
+    ddp = json.loads((two_ranks / "ddp" / "history.json").read_text())
+    assert [h["loss"] for h in ddp] == pytest.approx([h["loss"] for h in one], rel=1e-5)
+    a = torch.load(two_ranks / "ddp" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "model.pt", weights_only=True)
+    for name in a:
+        if name.endswith("in_proj_bias"):
+            # The attention key bias shifts all of a query's scores equally, so softmax makes
+            # its gradient exactly 0; AdamW turns the rounding noise left there into full
+            # steps whose sign depends on summation order. Compare the query and value parts.
+            keep = _query_value(len(a[name]) // 3)
+            a[name], b[name] = a[name][keep], b[name][keep]
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- training loop
+
+TRAIN_SCRIPT = """
+import sys, time, torch
+from nmtune.backbones import create_backbone
+from nmtune.contrastive import CLIPModel, TextTransformer, train_clip
+
+out, pause = sys.argv[1], sys.argv[2] == "pause"
+images = torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(0)).numpy()
+captions = [f"a {'thin bold'.split()[i % 2]} number {i % 10}" for i in range(96)]
+torch.manual_seed(0)
+text = TextTransformer(width=32, layers=1, heads=2, context_length=48)
+model = CLIPModel(create_backbone("resnet8").module, text, embed_dim=16)
+
+def on_epoch(record):
+    print(f"epoch {record['epoch']} done", flush=True)
+    if pause and record["epoch"] == 1:
+        time.sleep(60)  # the test kills the process here, after epoch 1's checkpoint
+
+train_clip(model, images, captions, out, epochs=3, batch_size=16, lr=1e-3, warmup_steps=3,
+           on_epoch=on_epoch)
+"""
+
+
+def _train(tmp_path, out, pause=False) -> subprocess.Popen:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    cmd = [sys.executable, str(script), str(out), "pause" if pause else "run"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_bit_identical(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    uninterrupted = _train(tmp_path, whole)
+    victim = _train(tmp_path, killed, pause=True)
+    try:
+        assert victim.stdout.readline() == "epoch 1 done\n"
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "model.pt").exists()
+    assert len(torch.load(killed / "checkpoint.pt", weights_only=True)["history"]) == 1
+    resumed = _train(tmp_path, killed)
+    out, _ = resumed.communicate(timeout=120)
+    assert out == "epoch 2 done\nepoch 3 done\n"  # it went on from epoch 1's checkpoint
+    assert uninterrupted.wait(timeout=120) == 0 and resumed.returncode == 0
+
+    a = torch.load(whole / "model.pt", weights_only=True)
+    b = torch.load(killed / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    hist = [json.loads((d / "history.json").read_text()) for d in (whole, killed)]
+    assert hist[0] == hist[1] and len(hist[0]) == 3
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    model = _tiny_model()
+    images, captions = _batch()
+    train_clip(model, images.numpy(), captions, tmp_path, epochs=1, batch_size=4)
+    with pytest.raises(NMTuneError, match=r"other settings \(lr\)"):
+        train_clip(model, images.numpy(), captions, tmp_path, epochs=1, batch_size=4, lr=1.0)
