@@ -71,3 +71,18 @@ def check_rate(rate: float, name: str = "rate") -> float:
     if not 0.0 <= rate <= 1.0:
         raise NMTuneError(f"{name} must be in [0, 1], got {rate}")
     return rate
+
+
+def check_keys(mapping: dict, allowed, where: str) -> None:
+    """Raise naming the first key of ``mapping`` not in ``allowed``, with the closest allowed
+    key as a suggestion (a typo such as ``epoch`` for ``epochs`` must never pass silently)."""
+    import difflib
+
+    allowed = sorted(allowed)
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise NMTuneError(
+                f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"
+            )
