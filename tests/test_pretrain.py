@@ -290,6 +290,9 @@ def test_config_round_trips_and_converts_a_noise_mapping():
         ({"noise": {"kind": "symmetric", "rate": 1.5}}, "rate"),
         ({"noise": "symmetric"}, "noise"),
         ({"backbone_kwargs": [8]}, "backbone_kwargs"),
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"momentum": None}, "momentum must be a number"),
+        ({"dataset": 5}, "dataset must be a non-empty string"),
     ],
 )
 def test_bad_config_values(change, match):
@@ -298,7 +301,7 @@ def test_bad_config_values(change, match):
 
 
 def test_unknown_config_key():
-    with pytest.raises(NMTuneError, match="unknown pre-training setting.*'epoch'"):
+    with pytest.raises(NMTuneError, match="unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"):
         PretrainConfig.from_dict({"epoch": 3})
 
 

@@ -81,7 +81,7 @@ def check_keys(mapping: dict, allowed, where: str) -> None:
     allowed = sorted(allowed)
     for key in mapping:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise NMTuneError(
                 f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_path, write_json_atomic
 from ._torch import autocast, resolve_device, seed_everything, tune_cpu_allocator
-from ._validation import NMTuneError
+from ._validation import NMTuneError, check_keys
 from .noise import NoiseSpec
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
@@ -146,6 +146,12 @@ class PretrainConfig:
             raise NMTuneError(f"noise must be a NoiseSpec or a mapping, got {self.noise!r}")
         if not isinstance(self.backbone_kwargs, dict):
             raise NMTuneError(f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}")
+        for name in ("backbone", "dataset", "split", "eval_split", "device"):
+            _check_str(name, getattr(self, name))
+        if self.eval_dataset is not None:
+            _check_str("eval_dataset", self.eval_dataset)
+        for name in ("lr", "momentum", "weight_decay"):
+            _check_number(name, getattr(self, name))
         for name in ("epochs", "batch_size"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("limit", "eval_limit"):
@@ -167,12 +173,9 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
         """Build from a mapping (a YAML section, ``config.json``); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise NMTuneError(
-                f"unknown pre-training setting(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
+        if not isinstance(d, dict):
+            raise NMTuneError(f"pre-training settings must be a mapping, got {d!r}")
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], "pre-training settings")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +184,16 @@ class PretrainConfig:
         out["noise"] = self.noise.to_dict()
         out["backbone_kwargs"] = dict(self.backbone_kwargs)
         return out
+
+
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise NMTuneError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise NMTuneError(f"{name} must be a number, got {value!r}")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
