@@ -352,3 +352,64 @@ def test_cli_with_config_file_and_overrides(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys, argv, match):
     assert cli_main(["pretrain", *argv, "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert match in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- broken run files
+
+SMALL_ARGS = ["--backbone", "resnet8", "--width", "4", "--dataset", "digits", "--limit", "128",
+              "--batch-size", "64", "--epochs", "1", "--device", "cpu", "--quiet"]
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _npz_bytes(**arrays) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("checkpoint.pt", np.random.default_rng(0).bytes(4096)),
+        ("checkpoint.pt", _torch_bytes({"model": {"conv.weight": torch.zeros(3)}})),
+        ("checkpoint.pt", _torch_bytes([1, 2, 3])),
+        ("config.json", b"\x00\xffnot json{"),
+        ("config.json", b"[1, 2]"),
+        ("noise.npz", np.random.default_rng(1).bytes(512)),
+        ("noise.npz", _npz_bytes(labels=np.arange(3))),
+        ("noise.npz", np.save.__doc__.encode()),
+    ],
+    ids=["random-checkpoint", "foreign-checkpoint", "list-checkpoint", "garbage-config",
+         "list-config", "random-noise", "foreign-noise", "text-noise"],
+)
+def test_corrupt_run_file_is_a_one_line_error(tmp_path, capsys, name, content):
+    from nmtune.cli import build_parser
+    from nmtune.cli.pretrain import config_from_args
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = config_from_args(build_parser().parse_args(["pretrain", *SMALL_ARGS, "--out",
+                                                         str(out)]))
+    (out / "config.json").write_text(json.dumps(config.to_dict()))
+    (out / name).write_bytes(content)
+    assert cli_main(["pretrain", *SMALL_ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    assert cli_main(["pretrain", *SMALL_ARGS, "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "taken" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "a file"
