@@ -166,3 +166,13 @@ def test_typed_config_equals_the_packaged_default():
     assert cfg.noise.kind == "symmetric" and cfg.noise.ratios == (0.0, 0.05, 0.10, 0.20, 0.30)
     assert dataclasses.asdict(cfg.pretrain)["epochs"] == 3
     assert cfg.features.batch_size == 512
+
+
+def test_study_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    assert cli_main(["study", str(tmp_path / "tiny.yaml"), "--out", str(target), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not a folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "a file"

@@ -2,6 +2,7 @@
 resumption after SIGKILL ending in the same table as an uninterrupted run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,24 @@ def test_rerun_reuses_every_cell(tiny_run, monkeypatch):
     monkeypatch.setattr(study, "_make_tuner", fail)
     again = run_study(config, out, progress=False)
     pd.testing.assert_frame_equal(again["results"], tables["results"])
+
+
+@pytest.mark.parametrize("content", [b"{}", b"\x00not json", b"[1]", b'{"rows": 3}'],
+                         ids=["empty", "garbage", "list", "wrong-rows"])
+def test_broken_cell_files_are_recomputed_with_a_warning(tiny_run, tmp_path, content):
+    out, tables = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    tune = sorted((copy / "cells").glob("tune-*.json"))[0]
+    spectrum = sorted((copy / "cells").glob("spectrum-*.json"))[0]
+    for cell in (tune, spectrum):
+        cell.write_bytes(content)
+    with pytest.warns(UserWarning, match="recomputing") as caught:
+        again = run_study(config_from_dict(TINY), copy, progress=False)
+    assert {str(w.message).split(" ")[0] for w in caught} >= {str(tune), str(spectrum)}
+    pd.testing.assert_frame_equal(again["results"].drop(columns=TIMING[:1]),
+                                  tables["results"].drop(columns=TIMING[:1]))
+    pd.testing.assert_frame_equal(again["spectrum"], tables["spectrum"])
 
 
 def _run_cli(config: Path, out: Path) -> subprocess.Popen:

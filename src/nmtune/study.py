@@ -26,6 +26,8 @@ import json
 import platform
 import re
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -472,16 +474,38 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _cached(path: Path, compute) -> dict:
-    """Return the JSON record at ``path``, computing and writing it atomically if absent."""
+def _cached(path: Path, compute: Callable[[], dict], valid: Callable[[dict], bool]) -> dict:
+    """Return the JSON record at ``path``, computing and writing it atomically if absent.
+
+    Cells are written atomically, so a record that does not parse or fails ``valid`` (``{}``,
+    another file's content) was damaged from outside: it is recomputed with a warning.
+    """
     if path.is_file():
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            path.unlink()  # written atomically, so only tampering gets here: recompute
+            record = json.loads(path.read_bytes())
+            if isinstance(record, dict) and valid(record):
+                return record
+            problem = "does not hold this cell's fields"
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both
+            problem = f"is not valid JSON ({exc})"
+        warnings.warn(f"{path} {problem}; recomputing it", UserWarning, stacklevel=2)
     record = compute()
     write_json_atomic(path, record)
     return record
+
+
+#: What a spectrum cell holds besides its grid point.
+_SPECTRUM_FIELDS = ("features_of", "sve", "lsvr", "effective_rank", "n", "d", "singular_values")
+
+
+def _is_spectrum_cell(record: dict) -> bool:
+    return all(k in record for k in _SPECTRUM_FIELDS)
+
+
+def _is_tune_cell(record: dict) -> bool:
+    rows = record.get("rows")
+    return isinstance(rows, list) and bool(rows) and all(
+        isinstance(row, dict) and "accuracy" in row for row in rows)
 
 
 def _make_tuner(params: dict, seed: int, device: str):
@@ -587,7 +611,7 @@ class _Runner:
                     "singular_values": json.dumps([float(v) for v in s["singular_values"]])}
 
         path = self.out / "cells" / f"spectrum-{_key(identity, spec, grid)}.json"
-        return _cached(path, compute)
+        return _cached(path, compute, _is_spectrum_cell)
 
     def tune_cells(self, backbone, identity: str, task: TaskSpec, method: str, seed: int,
                    grid: dict) -> list:
@@ -634,7 +658,7 @@ class _Runner:
             return {"rows": rows}
 
         key = _key(identity, task, method, params, seed, grid)
-        return _cached(self.out / "cells" / f"tune-{key}.json", compute)["rows"]
+        return _cached(self.out / "cells" / f"tune-{key}.json", compute, _is_tune_cell)["rows"]
 
     # -- the grid ---------------------------------------------------------------
 
@@ -713,6 +737,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     already done.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NMTuneError(f"{out} is a file, not a folder: give the study a results folder")
     runner = _Runner(config, out, progress)
     runner.preflight()  # before anything is written: a missing dataset leaves no trace
     out.mkdir(parents=True, exist_ok=True)
