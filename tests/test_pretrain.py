@@ -413,3 +413,74 @@ def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "taken" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
     assert target.read_text() == "a file"
+
+
+# --------------------------------------------------------------------------- --noise forms
+
+
+def _args(*argv):
+    from nmtune.cli import build_parser
+
+    return build_parser().parse_args(["pretrain", *argv, "--out", "unused"])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".json"])
+def test_noise_transition_matrix_from_a_file(tmp_path, suffix):
+    from nmtune.cli.pretrain import config_from_args
+
+    T = np.full((10, 10), 0.02) + np.eye(10) * 0.8
+    path = tmp_path / f"T{suffix}"
+    {".npy": lambda: np.save(path, T), ".csv": lambda: np.savetxt(path, T, delimiter=","),
+     ".json": lambda: path.write_text(json.dumps(T.tolist()))}[suffix]()
+    config = config_from_args(_args(*SMALL_ARGS, "--noise", f"transition:{path}", "--seed", "2"))
+    assert config.noise == NoiseSpec("transition", matrix=T.tolist(), seed=2)
+
+
+def test_noise_cifar_n_is_its_estimated_transition():
+    from nmtune.cli.pretrain import config_from_args
+
+    config = config_from_args(_args(*SMALL_ARGS, "--noise", "cifar-n:worst"))
+    assert config.noise == NoiseSpec("transition", cifar_n="worst", seed=0)
+
+
+@pytest.mark.parametrize("noise,match", [("transition:/no/such.npy", "cannot read"),
+                                         ("cifar-n:best", "unknown CIFAR-N"),
+                                         ("transition:", "transition:FILE")])
+def test_bad_noise_forms(noise, match, capsys, tmp_path):
+    assert cli_main(["pretrain", *SMALL_ARGS, "--noise", noise, "--out", str(tmp_path)]) == 2
+    assert match in capsys.readouterr().err
+
+
+STUDY = {
+    "name": "tiny", "seeds": [0, 1],
+    "backbone": {"name": "resnet8", "kwargs": {"width": 4}},
+    "pretrain": {"dataset": "digits", "epochs": 2, "batch_size": 64, "eval_split": "test"},
+    "noise": {"kind": "pair", "ratios": [0.0, 0.3]},
+    "tasks": [{"name": "d", "train": "digits", "test": {"dataset": "digits", "split": "test"}}],
+    "methods": {"lp": {}},
+}
+
+
+@pytest.mark.parametrize("argv,ratio,seed", [([], 0.0, 0), (["--noise", "none"], 0.0, 0),
+                                             (["--noise", "pair:0.3", "--seed", "1"], 0.3, 1)])
+def test_study_config_gives_its_grid_points_settings(tmp_path, argv, ratio, seed):
+    from nmtune.cli.pretrain import config_from_args
+    from nmtune.study import config_from_dict, pretrain_config
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    got = config_from_args(_args("--config", str(path), *argv))
+    assert got == pretrain_config(config_from_dict(STUDY), ratio, seed)
+
+
+@pytest.mark.parametrize("change,argv,match", [
+    ({}, ["--noise", "symmetric:0.3"], "not this study's noise kind"),
+    ({"pretrain": {"dataset": "digits", "epoch": 2}}, [], "did you mean 'epochs'"),
+])
+def test_study_config_errors(tmp_path, capsys, change, argv, match):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **change}))
+    assert cli_main(["pretrain", "--config", str(path), *argv, "--out", str(tmp_path / "r"),
+                     "--quiet"]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
