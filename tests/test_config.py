@@ -176,3 +176,30 @@ def test_study_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a folder" in err and len(err.strip().splitlines()) == 1
     assert target.read_text() == "a file"
+
+
+# --------------------------------------------------------------------------- item 16: kinds
+
+
+def test_study_reaches_cifar_n_and_matrix_transition_noise():
+    cfg = config_from_dict(_with("noise", {"kind": "transition", "cifar_n": "aggre",
+                                           "ratios": [0, 1]}))
+    assert pretrain_config(cfg, 1.0, seed=2).noise == NoiseSpec("transition", 1.0, seed=2,
+                                                                cifar_n="aggre")
+    assert run_name(cfg, 1.0, 2) == "transition-1-seed2"
+    assert pretrain_config(cfg, 0.0, seed=2).noise == NoiseSpec("none", seed=2)
+    T = [[0.9 if i == j else 0.1 / 9 for j in range(10)] for i in range(10)]
+    cfg = config_from_dict(_with("noise", {"kind": "transition", "matrix": T, "ratios": [1]}))
+    assert pretrain_config(cfg, 1.0, seed=0).noise.matrix == NoiseSpec(
+        "transition", matrix=T).matrix
+
+
+@pytest.mark.parametrize("noise, match", [
+    ({"kind": "transition", "cifar_n": "aggre", "ratios": [0, 0.3]}, "sets its own noise rate"),
+    ({"kind": "transition", "cifar_n": "noisy100", "ratios": [1]}, "100×100"),
+    ({"kind": "transition", "ratios": [1]}, "one source"),
+    ({"kind": "symmetric", "cifar_n": "aggre", "ratios": [0.1]}, "one source"),
+])
+def test_study_noise_sources_are_checked(noise, match):
+    with pytest.raises(NMTuneError, match=match):
+        config_from_dict(_with("noise", noise))

@@ -335,7 +335,8 @@ def _noise(obj: Any, source: str, pretrain: PretrainConfig | None) -> NoiseGrid:
     if not isinstance(ratios, list) or not ratios:
         raise NMTuneError(f"{where}.ratios must be a non-empty list")
     sourced = kind in SOURCED_KINDS
-    allowed = "0 (clean) or 1 (its noise applied)" if sourced else "a number in [0, 1)"
+    allowed = ("0 (clean) or 1 (its noise applied): the kind sets its own noise rate"
+               if sourced else "a number in [0, 1)")
     for r in ratios:
         if (isinstance(r, bool) or not isinstance(r, int | float)
                 or not (r in (0, 1) if sourced else 0 <= r < 1)):
