@@ -86,3 +86,16 @@ def check_keys(mapping: dict, allowed, where: str) -> None:
             raise NMTuneError(
                 f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"
             )
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a bool (an int subclass) is always a mistake here."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise NMTuneError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_str(value, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise NMTuneError(f"{name} must be a non-empty string, got {value!r}")
+    return value

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_path, write_json_atomic
 from ._torch import autocast, resolve_device, seed_everything, tune_cpu_allocator
-from ._validation import NMTuneError, check_keys
+from ._validation import NMTuneError, check_int, check_keys, check_str
 from .noise import NoiseSpec
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
@@ -149,18 +149,18 @@ class PretrainConfig:
         if not isinstance(self.backbone_kwargs, dict):
             raise NMTuneError(f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}")
         for name in ("backbone", "dataset", "split", "eval_split", "device"):
-            _check_str(name, getattr(self, name))
+            check_str(getattr(self, name), name)
         if self.eval_dataset is not None:
-            _check_str("eval_dataset", self.eval_dataset)
+            check_str(self.eval_dataset, "eval_dataset")
         for name in ("lr", "momentum", "weight_decay"):
             _check_number(name, getattr(self, name))
         for name in ("epochs", "batch_size"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(getattr(self, name), name, 1)
         for name in ("limit", "eval_limit"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                check_int(getattr(self, name), name, 1)
         for name in ("seed", "subset_seed", "num_workers"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(getattr(self, name), name, 0)
         if not isinstance(self.augment, bool):
             raise NMTuneError(f"augment must be true or false, got {self.augment!r}")
         if self.optimizer not in _OPTIMIZERS:
@@ -188,19 +188,9 @@ class PretrainConfig:
         return out
 
 
-def _check_str(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise NMTuneError(f"{name} must be a non-empty string, got {value!r}")
-
-
 def _check_number(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise NMTuneError(f"{name} must be a number, got {value!r}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NMTuneError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _run_file(name: str) -> property:

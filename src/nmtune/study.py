@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from ._io import write_bytes_atomic, write_json_atomic
-from ._validation import NMTuneError, check_keys
+from ._validation import NMTuneError, check_int, check_keys, check_str
 from .noise import SOURCED_KINDS, NoiseSpec
 from .pretrain import PretrainConfig
 
@@ -182,23 +182,11 @@ def _mapping(obj: Any, where: str, keys) -> dict:
     return obj
 
 
-def _int(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NMTuneError(f"{where} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise NMTuneError(f"{where} must be a non-empty string, got {value!r}")
-    return value
-
-
 def _modality(dataset: str, where: str) -> str:
     """``image`` or ``text``, without reading the data; raises for an unknown dataset."""
     from .data import dataset_card
 
-    prefix = _str(dataset, where).partition(":")[0]
+    prefix = check_str(dataset, where).partition(":")[0]
     if prefix in _FILE_PREFIXES:
         return _FILE_PREFIXES[prefix]
     return dataset_card(dataset).modality
@@ -221,10 +209,10 @@ def _set_spec(obj: Any, where: str, backbone: dict) -> SetSpec:
     if "dataset" not in obj:
         raise NMTuneError(f"{where}: expected a mapping with 'dataset' (and split, limit, seed)")
     spec = SetSpec(**obj)
-    _str(spec.split, f"{where}.split")
+    check_str(spec.split, f"{where}.split")
     if spec.limit is not None:
-        _int(spec.limit, f"{where}.limit", 1)
-    _int(spec.seed, f"{where}.seed", 0)
+        check_int(spec.limit, f"{where}.limit", 1)
+    check_int(spec.seed, f"{where}.seed", 0)
     _check_modality(spec.dataset, backbone, where)
     return spec
 
@@ -237,7 +225,7 @@ def _backbone(obj: Any, source: str) -> dict:
     if isinstance(obj, str):
         obj = {"name": obj}
     obj = _mapping(obj, where, ("name", "kwargs"))
-    name = _str(obj.get("name"), f"{where}.name")
+    name = check_str(obj.get("name"), f"{where}.name")
     kwargs = obj.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise NMTuneError(f"{where}.kwargs: expected a mapping, got {kwargs!r}")
@@ -307,7 +295,7 @@ def _check_method(params: dict, where: str, device: str) -> None:
         raise NMTuneError(f"{where}: random_state is set from the study's seeds")
     own = [p for p in cls._get_param_names() if p != "random_state"]
     check_keys(params, [*own, *_STUDY_METHOD_KEYS], where)
-    _int(params.get("views", 1), f"{where}.views", 1)
+    check_int(params.get("views", 1), f"{where}.views", 1)
     val_size = params.get("select_val_size", 0.2)
     if isinstance(val_size, bool) or not isinstance(val_size, int | float) or not (
             0 < val_size < 1):
@@ -412,14 +400,14 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     if not isinstance(seeds, list) or not seeds:
         raise NMTuneError(f"{source}: 'seeds' must be a non-empty list of integers")
     for s in seeds:
-        _int(s, f"{source}: seeds", 0)
-    device = _str(raw.get("device", "auto"), f"{source}: device")
+        check_int(s, f"{source}: seeds", 0)
+    device = check_str(raw.get("device", "auto"), f"{source}: device")
     backbone = _backbone(raw["backbone"], source)
     pretrain = _pretrain(raw.get("pretrain"), source, backbone, device)
     noise = _noise(raw.get("noise"), source, pretrain)
     features = _mapping(raw.get("features") or {}, f"{source}: features",
                         [f.name for f in dataclasses.fields(FeaturesConfig)])
-    _int(features.get("batch_size", 1), f"{source}: features.batch_size", 1)
+    check_int(features.get("batch_size", 1), f"{source}: features.batch_size", 1)
     spectrum_of = raw.get("spectrum_of") or []
     if not isinstance(spectrum_of, list):
         raise NMTuneError(f"{source}: 'spectrum_of' must be a list of sets")
