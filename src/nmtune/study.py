@@ -655,9 +655,11 @@ class _Runner:
         return [(r, s) for s in self.cfg.seeds for r in self.cfg.noise.ratios]
 
     def preflight(self) -> None:
-        """Fail before any work when a dataset or backbone is missing, naming the fix."""
+        """Fail before any work when a dataset, backbone or noise source is missing, naming
+        the fix."""
         from .backbones import get_spec
         from .data import require_dataset
+        from .noise import cifar_n_labels
 
         sets = [s for t in self.cfg.tasks for _, _, s in t.evaluations()] + [
             t.train for t in self.cfg.tasks] + list(self.cfg.spectrum_of)
@@ -670,6 +672,8 @@ class _Runner:
         backbone = get_spec(self.cfg.backbone["name"])
         if not backbone.installed:
             raise NMTuneError(f"backbone {self.cfg.backbone['name']!r} needs: {backbone.install}")
+        if self.cfg.noise.cifar_n is not None:
+            cifar_n_labels(self.cfg.noise.cifar_n)  # the labels ship in an optional package
 
     def run(self) -> dict[str, pd.DataFrame]:
         points = self.grid_points()
