@@ -391,7 +391,9 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
         if key not in raw:
             raise NMTuneError(f"{source}: missing required key '{key}'")
     name = raw["name"]
-    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+    if not isinstance(name, str):
+        raise NMTuneError(f"{source}: name must be a string, got {name!r} (quote it in YAML)")
+    if not _PLAIN_NAME.fullmatch(name):
         raise NMTuneError(
             f"{source}: name {name!r} must be plain (letters, digits, '-', '_', '.'; not "
             "starting with '.'): it names the results folder nmtune-results/<name>"
