@@ -331,9 +331,10 @@ def _noise(obj: Any, source: str, pretrain: PretrainConfig | None) -> NoiseGrid:
             raise NMTuneError(f"{where}: noise ratio {r!r} of kind {kind!r} must be {allowed}")
     grid = NoiseGrid(**{**obj, "ratios": tuple(float(r) for r in ratios)})
     try:
-        # One noisy point whatever the ratios, so a bad kind or setting fails now.
-        probe = NoiseSpec(kind, 1.0 if sourced else 0.5 * (kind != "none"), 0, grid.matrix,
-                          grid.mapping, grid.cifar_n)
+        # One point of the kind whatever the ratios (a grid may list only 0), so a bad kind or
+        # setting fails now: 1 is a sourced kind's noisy point, 0 the only rate of "none".
+        probe_rate = 1.0 if sourced else 0.0 if kind == "none" else 0.5
+        probe = NoiseSpec(kind, probe_rate, 0, grid.matrix, grid.mapping, grid.cifar_n)
         for r in grid.ratios:
             grid.spec(r, 0)
     except NMTuneError as exc:
