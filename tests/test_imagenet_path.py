@@ -25,7 +25,7 @@ from nmtune.data import load_dataset
 from nmtune.data.lazy import LazyImages, decode_cover_crop
 from nmtune.features import extract
 from nmtune.pretrain import PretrainConfig, pretrain
-from nmtune.study import PACKAGED_CONFIGS, _make_tuner, _Runner, load_config
+from nmtune.study import PACKAGED_CONFIGS, NoiseGrid, _make_tuner, _Runner, load_config
 
 CLASSES = ("ant", "bee", "cat")
 
@@ -317,8 +317,8 @@ def test_new_settings_are_checked_and_old_runs_still_resume(tmp_path):
 def test_paper_imagenet_config_is_valid():
     study = load_config("paper-imagenet")
     assert study.backbone["name"] == "resnet50" and study.seeds == (0, 1, 2)
-    assert study.noise == {"kind": "symmetric", "ratios": [0.0, 0.05, 0.10, 0.20, 0.30]}
-    settings = PretrainConfig.from_dict({**study.pretrain, "backbone": "resnet50"})
+    assert study.noise == NoiseGrid("symmetric", (0.0, 0.05, 0.10, 0.20, 0.30))
+    settings = study.pretrain
     assert (settings.epochs, settings.batch_size, settings.lr, settings.weight_decay) == (
         90, 256, 0.1, 1e-4)
     assert settings.dataset == "folder:/data/imagenet" and settings.eval_split == "val"

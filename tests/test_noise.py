@@ -284,8 +284,8 @@ def test_noise_spec_round_trip_and_apply(spec):
         ({"kind": "transition"}, "transition matrix"),
         ({"kind": "symmetric", "matrix": [[1, 0], [0, 1]]}, "transition matrix"),
         ({"kind": "symmetric", "mapping": [1, 0]}, "mapping"),
-        ({"kind": "pair", "ratio": 0.2}, "unknown noise setting"),
-        ({"type": "pair"}, "unknown noise setting"),
+        ({"kind": "pair", "ratio": 0.2}, "unknown key .ratio. \\(did you mean .rate.\\?\\)"),
+        ({"type": "pair"}, "unknown key .type."),
         ({"kind": "transition", "matrix": [[0.9, 0], [0, 1]]}, "sum to 1"),
     ],
 )
@@ -298,3 +298,59 @@ def test_noise_spec_transition_class_count_mismatch():
     spec = NoiseSpec("transition", matrix=np.eye(2).tolist())
     with pytest.raises(NMTuneError, match="2×2"):
         spec.apply([0, 1, 1], num_classes=3)
+
+
+# --------------------------------------------------------------------------- CIFAR-N transition
+
+
+def _fake_cifar_n(monkeypatch, n=2000, k=10, seed=0):
+    """A stand-in CIFAR-10N table (the package need not be installed): clean labels and a
+    noisy column with class-dependent confusions."""
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, k, n)
+    noisy = np.where(rng.random(n) < 0.2 + 0.05 * clean / k, (clean + 1 + clean % 3) % k, clean)
+    table = {"clean_label": clean, "aggre_label": noisy}
+    monkeypatch.setattr(noise, "_load_cifar_n", lambda dataset: table)
+    return clean, noisy
+
+
+def test_cifar_n_transition_applies_the_estimated_human_confusions(monkeypatch):
+    from sklearn.metrics import confusion_matrix
+
+    clean, noisy = _fake_cifar_n(monkeypatch)
+    spec = NoiseSpec.from_dict({"kind": "transition", "cifar_n": "aggre", "seed": 4})
+    assert NoiseSpec.from_dict(spec.to_dict()) == spec and spec.num_classes == 10
+    T = confusion_matrix(clean, noisy, labels=range(10), normalize="true")
+    y = _labels(5000, 10)
+    got, changed = spec.apply(y, 10)
+    want, _ = noise.from_transition_matrix(y, T, seed=4)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(changed, got != y)
+
+
+@pytest.mark.parametrize(
+    "d,match",
+    [
+        ({"kind": "transition", "cifar_n": "best"}, "unknown CIFAR-N label set"),
+        ({"kind": "transition", "cifar_n": "aggre", "matrix": np.eye(2).tolist()}, "one source"),
+        ({"kind": "symmetric", "rate": 0.1, "cifar_n": "aggre"}, "one source"),
+        ({"kind": "pair", "rate": 0.1, "mapping": "10"}, "mapping"),
+        ([("kind", "pair")], "mapping of noise settings"),
+    ],
+)
+def test_noise_spec_sources_are_checked(d, match):
+    with pytest.raises(NMTuneError, match=match):
+        NoiseSpec.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    "spec,k,match",
+    [
+        (NoiseSpec("transition", cifar_n="aggre"), 3, "10×10 but the labels have 3"),
+        (NoiseSpec("transition", cifar_n="noisy100"), 10, "100×100"),
+        (NoiseSpec("pair", 0.2, mapping=(1, 0)), 3, "mapping"),
+    ],
+)
+def test_noise_spec_checks_the_class_count_without_data(spec, k, match):
+    with pytest.raises(NMTuneError, match=match):
+        spec.check_classes(k)

@@ -290,6 +290,9 @@ def test_config_round_trips_and_converts_a_noise_mapping():
         ({"noise": {"kind": "symmetric", "rate": 1.5}}, "rate"),
         ({"noise": "symmetric"}, "noise"),
         ({"backbone_kwargs": [8]}, "backbone_kwargs"),
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"momentum": None}, "momentum must be a number"),
+        ({"dataset": 5}, "dataset must be a non-empty string"),
     ],
 )
 def test_bad_config_values(change, match):
@@ -298,7 +301,7 @@ def test_bad_config_values(change, match):
 
 
 def test_unknown_config_key():
-    with pytest.raises(NMTuneError, match="unknown pre-training setting.*'epoch'"):
+    with pytest.raises(NMTuneError, match="unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"):
         PretrainConfig.from_dict({"epoch": 3})
 
 
@@ -349,3 +352,135 @@ def test_cli_with_config_file_and_overrides(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys, argv, match):
     assert cli_main(["pretrain", *argv, "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert match in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- broken run files
+
+SMALL_ARGS = ["--backbone", "resnet8", "--width", "4", "--dataset", "digits", "--limit", "128",
+              "--batch-size", "64", "--epochs", "1", "--device", "cpu", "--quiet"]
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _npz_bytes(**arrays) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("checkpoint.pt", np.random.default_rng(0).bytes(4096)),
+        ("checkpoint.pt", _torch_bytes({"model": {"conv.weight": torch.zeros(3)}})),
+        ("checkpoint.pt", _torch_bytes([1, 2, 3])),
+        ("config.json", b"\x00\xffnot json{"),
+        ("config.json", b"[1, 2]"),
+        ("noise.npz", np.random.default_rng(1).bytes(512)),
+        ("noise.npz", _npz_bytes(labels=np.arange(3))),
+        ("noise.npz", np.save.__doc__.encode()),
+    ],
+    ids=["random-checkpoint", "foreign-checkpoint", "list-checkpoint", "garbage-config",
+         "list-config", "random-noise", "foreign-noise", "text-noise"],
+)
+def test_corrupt_run_file_is_a_one_line_error(tmp_path, capsys, name, content):
+    from nmtune.cli import build_parser
+    from nmtune.cli.pretrain import config_from_args
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = config_from_args(build_parser().parse_args(["pretrain", *SMALL_ARGS, "--out",
+                                                         str(out)]))
+    (out / "config.json").write_text(json.dumps(config.to_dict()))
+    (out / name).write_bytes(content)
+    assert cli_main(["pretrain", *SMALL_ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    assert cli_main(["pretrain", *SMALL_ARGS, "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "taken" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "a file"
+
+
+# --------------------------------------------------------------------------- --noise forms
+
+
+def _args(*argv):
+    from nmtune.cli import build_parser
+
+    return build_parser().parse_args(["pretrain", *argv, "--out", "unused"])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".json"])
+def test_noise_transition_matrix_from_a_file(tmp_path, suffix):
+    from nmtune.cli.pretrain import config_from_args
+
+    T = np.full((10, 10), 0.02) + np.eye(10) * 0.8
+    path = tmp_path / f"T{suffix}"
+    {".npy": lambda: np.save(path, T), ".csv": lambda: np.savetxt(path, T, delimiter=","),
+     ".json": lambda: path.write_text(json.dumps(T.tolist()))}[suffix]()
+    config = config_from_args(_args(*SMALL_ARGS, "--noise", f"transition:{path}", "--seed", "2"))
+    assert config.noise == NoiseSpec("transition", matrix=T.tolist(), seed=2)
+
+
+def test_noise_cifar_n_is_its_estimated_transition():
+    from nmtune.cli.pretrain import config_from_args
+
+    config = config_from_args(_args(*SMALL_ARGS, "--noise", "cifar-n:worst"))
+    assert config.noise == NoiseSpec("transition", cifar_n="worst", seed=0)
+
+
+@pytest.mark.parametrize("noise,match", [("transition:/no/such.npy", "cannot read"),
+                                         ("cifar-n:best", "unknown CIFAR-N"),
+                                         ("transition:", "transition:FILE")])
+def test_bad_noise_forms(noise, match, capsys, tmp_path):
+    assert cli_main(["pretrain", *SMALL_ARGS, "--noise", noise, "--out", str(tmp_path)]) == 2
+    assert match in capsys.readouterr().err
+
+
+STUDY = {
+    "name": "tiny", "seeds": [0, 1],
+    "backbone": {"name": "resnet8", "kwargs": {"width": 4}},
+    "pretrain": {"dataset": "digits", "epochs": 2, "batch_size": 64, "eval_split": "test"},
+    "noise": {"kind": "pair", "ratios": [0.0, 0.3]},
+    "tasks": [{"name": "d", "train": "digits", "test": {"dataset": "digits", "split": "test"}}],
+    "methods": {"lp": {}},
+}
+
+
+@pytest.mark.parametrize("argv,ratio,seed", [([], 0.0, 0), (["--noise", "none"], 0.0, 0),
+                                             (["--noise", "pair:0.3", "--seed", "1"], 0.3, 1)])
+def test_study_config_gives_its_grid_points_settings(tmp_path, argv, ratio, seed):
+    from nmtune.cli.pretrain import config_from_args
+    from nmtune.study import config_from_dict, pretrain_config
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    got = config_from_args(_args("--config", str(path), *argv))
+    assert got == pretrain_config(config_from_dict(STUDY), ratio, seed)
+
+
+@pytest.mark.parametrize("change,argv,match", [
+    ({}, ["--noise", "symmetric:0.3"], "not this study's noise kind"),
+    ({"pretrain": {"dataset": "digits", "epoch": 2}}, [], "did you mean 'epochs'"),
+])
+def test_study_config_errors(tmp_path, capsys, change, argv, match):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **change}))
+    assert cli_main(["pretrain", "--config", str(path), *argv, "--out", str(tmp_path / "r"),
+                     "--quiet"]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -2,6 +2,7 @@
 resumption after SIGKILL ending in the same table as an uninterrupted run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_packaged_configs_are_valid(path):
 
 def test_default_config_has_the_promised_grid():
     cfg = load_config()
-    assert cfg.noise["ratios"] == [0.0, 0.05, 0.10, 0.20, 0.30]
+    assert cfg.noise.ratios == (0.0, 0.05, 0.10, 0.20, 0.30)
     assert len(cfg.seeds) >= 2 and set(cfg.methods) == {"lp", "mlp", "nmtune"}
     assert len(cfg.tasks) >= 2 and sum(len(t.ood) for t in cfg.tasks) >= 2
 
@@ -86,7 +87,7 @@ def test_selection_grid_is_a_validation_search():
                           "select_val_size": 0.25}, seed=3, device="cpu")
     assert search.param_grid == {"w_cov": [0.0, 0.04]}
     assert search.cv.test_size == 0.25 and search.cv.n_splits == 1
-    with pytest.raises(NMTuneError, match="no setting"):
+    with pytest.raises(NMTuneError, match="unknown key 'bogus'"):
         _make_tuner({"method": "lp", "select": {"bogus": [1]}}, seed=0, device="cpu")
 
 
@@ -150,9 +151,28 @@ def test_rerun_reuses_every_cell(tiny_run, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a cached cell was recomputed")
 
+    config = config_from_dict(TINY)  # builds each method's estimator once, to validate it
     monkeypatch.setattr(study, "_make_tuner", fail)
-    again = run_study(config_from_dict(TINY), out, progress=False)
+    again = run_study(config, out, progress=False)
     pd.testing.assert_frame_equal(again["results"], tables["results"])
+
+
+@pytest.mark.parametrize("content", [b"{}", b"\x00not json", b"[1]", b'{"rows": 3}'],
+                         ids=["empty", "garbage", "list", "wrong-rows"])
+def test_broken_cell_files_are_recomputed_with_a_warning(tiny_run, tmp_path, content):
+    out, tables = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    tune = sorted((copy / "cells").glob("tune-*.json"))[0]
+    spectrum = sorted((copy / "cells").glob("spectrum-*.json"))[0]
+    for cell in (tune, spectrum):
+        cell.write_bytes(content)
+    with pytest.warns(UserWarning, match="recomputing") as caught:
+        again = run_study(config_from_dict(TINY), copy, progress=False)
+    assert {str(w.message).split(" ")[0] for w in caught} >= {str(tune), str(spectrum)}
+    pd.testing.assert_frame_equal(again["results"].drop(columns=TIMING[:1]),
+                                  tables["results"].drop(columns=TIMING[:1]))
+    pd.testing.assert_frame_equal(again["spectrum"], tables["spectrum"])
 
 
 def _run_cli(config: Path, out: Path) -> subprocess.Popen:

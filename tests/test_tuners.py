@@ -305,7 +305,7 @@ def test_predict_checks_fit_and_width(cls):
 @pytest.mark.parametrize(
     "estimator,match",
     [(LinearProbe(Cs=0), "Cs"), (LinearProbe(Cs=[1.0, -1.0]), "Cs"),
-     (LinearProbe(val_size=1.5), "validation fraction"), (MLPProbe(epochs=0), "epochs"),
+     (LinearProbe(val_size=1.5), "val_size"), (MLPProbe(epochs=0), "epochs"),
      (MLPProbe(batch_size=2.5), "batch_size"), (MLPProbe(validation=0.0), "validation"),
      (NMTuneClassifier(top_k=0), "top_k"), (MLPProbe(lr=-1.0), "lr")],
 )

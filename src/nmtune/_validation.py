@@ -71,3 +71,31 @@ def check_rate(rate: float, name: str = "rate") -> float:
     if not 0.0 <= rate <= 1.0:
         raise NMTuneError(f"{name} must be in [0, 1], got {rate}")
     return rate
+
+
+def check_keys(mapping: dict, allowed, where: str) -> None:
+    """Raise naming the first key of ``mapping`` not in ``allowed``, with the closest allowed
+    key as a suggestion (a typo such as ``epoch`` for ``epochs`` must never pass silently)."""
+    import difflib
+
+    allowed = sorted(allowed)
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise NMTuneError(
+                f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"
+            )
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a bool (an int subclass) is always a mistake here."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise NMTuneError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_str(value, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise NMTuneError(f"{name} must be a non-empty string, got {value!r}")
+    return value

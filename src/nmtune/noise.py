@@ -10,6 +10,7 @@ equals ``γ`` up to ``1/N``. Unlike the authors' helper, a "flipped" label never
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -20,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import NMTuneError, as_label_array, check_rate, check_same_length
+from ._validation import (
+    NMTuneError,
+    as_label_array,
+    check_keys,
+    check_rate,
+    check_same_length,
+)
 
 __all__ = [
     "NoiseSpec",
@@ -438,6 +445,10 @@ def _unpickle_label_table(blob: bytes) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- serialisable spec
 
 NOISE_KINDS = ("none", "symmetric", "pair", "transition")
+#: Kinds whose amount of noise comes from their source (a transition matrix), not ``rate``.
+SOURCED_KINDS = ("transition",)
+#: Classes of each CIFAR-N label set (CIFAR-10 or CIFAR-100).
+_CIFAR_N_CLASSES = {"CIFAR-10": 10, "CIFAR-100": 100}
 
 
 @dataclass(frozen=True)
@@ -449,12 +460,18 @@ class NoiseSpec:
     kind : {"none", "symmetric", "pair", "transition"}
     rate : float in [0, 1]
         Fraction corrupted for "symmetric" and "pair"; must be 0 for "none". Unused by
-        "transition", whose expected rate follows from ``matrix``.
+        "transition", whose expected rate follows from its matrix.
     seed : int
     matrix : tuple of tuple of float, optional
-        The K×K transition matrix; required for, and only allowed with, "transition".
+        The K×K transition matrix of "transition".
     mapping : tuple of int, optional
         Pair-noise target of each class; only allowed with "pair".
+    cifar_n : str, optional
+        For "transition" instead of ``matrix``: a CIFAR-N label set (:data:`CIFAR_N_NAMES`)
+        whose human noise is applied through its estimated transition matrix
+        (:func:`estimate_transition_matrix` of :func:`cifar_n_labels`), so real annotators'
+        confusions corrupt any dataset of as many classes (10 for CIFAR-10N, 100 for
+        CIFAR-100N).
     """
 
     kind: str = "none"
@@ -462,6 +479,7 @@ class NoiseSpec:
     seed: int = 0
     matrix: tuple[tuple[float, ...], ...] | None = field(default=None)
     mapping: tuple[int, ...] | None = field(default=None)
+    cifar_n: str | None = field(default=None)
 
     def __post_init__(self):
         if self.kind not in NOISE_KINDS:
@@ -470,16 +488,48 @@ class NoiseSpec:
         _rng(self.seed)
         if self.kind == "none" and self.rate != 0:
             raise NMTuneError(f"noise kind 'none' needs rate 0, got {self.rate}")
-        if (self.matrix is not None) != (self.kind == "transition"):
-            raise NMTuneError("a transition matrix is required for, and only allowed with, "
-                              "noise kind 'transition'")
+        sources = (self.matrix is not None) + (self.cifar_n is not None)
+        if sources != (self.kind == "transition"):
+            raise NMTuneError("noise kind 'transition' needs one source, a transition matrix "
+                              "or a CIFAR-N label set (cifar_n), and other kinds take neither")
         if self.mapping is not None and self.kind != "pair":
             raise NMTuneError("a class mapping is only allowed with noise kind 'pair'")
+        if self.cifar_n is not None and self.cifar_n not in CIFAR_N_NAMES:
+            raise NMTuneError(f"unknown CIFAR-N label set {self.cifar_n!r}; choose from "
+                              f"{list(CIFAR_N_NAMES)}")
         if self.matrix is not None:
             T = check_transition_matrix(self.matrix)
             object.__setattr__(self, "matrix", tuple(map(tuple, T.tolist())))
         if self.mapping is not None:
-            object.__setattr__(self, "mapping", tuple(int(c) for c in self.mapping))
+            if isinstance(self.mapping, str | bytes) or not isinstance(self.mapping, Sequence):
+                raise NMTuneError(f"mapping must be a list of class indices, got {self.mapping!r}")
+            object.__setattr__(self, "mapping", tuple(_check_int(c, "mapping entry", 0)
+                                                      for c in self.mapping))
+
+    @property
+    def num_classes(self) -> int | None:
+        """The class count this noise is made for, where its source fixes one."""
+        if self.matrix is not None:
+            return len(self.matrix)
+        if self.cifar_n is not None:
+            return _CIFAR_N_CLASSES[CIFAR_N_NAMES[self.cifar_n][0]]
+        return len(self.mapping) if self.mapping is not None else None
+
+    def check_classes(self, num_classes: int) -> None:
+        """Raise naming the problem unless this noise applies to labels of ``num_classes``
+        classes; cheap, so a config can be checked before any data is loaded."""
+        if self.mapping is not None:
+            _pair_mapping(self.mapping, num_classes)
+        k = self.num_classes
+        if self.kind == "transition" and k != num_classes:
+            raise NMTuneError(f"transition matrix is {k}×{k} but the labels have {num_classes} "
+                              "classes")
+
+    def transition_matrix(self) -> np.ndarray:
+        """The K×K matrix of a "transition" spec, estimated from CIFAR-N when it names a set."""
+        if self.matrix is not None:
+            return np.asarray(self.matrix)
+        return estimate_transition_matrix(*cifar_n_labels(self.cifar_n), self.num_classes)
 
     def apply(self, labels, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Corrupt ``labels`` (N,) of ``num_classes`` classes; returns ``(noisy, changed)``."""
@@ -488,10 +538,9 @@ class NoiseSpec:
         if self.kind == "pair":
             return pair(labels, self.rate, num_classes, self.mapping, self.seed)
         if self.kind == "transition":
-            if num_classes is not None and num_classes != len(self.matrix):
-                raise NMTuneError(f"transition matrix is {len(self.matrix)}×{len(self.matrix)} "
-                                  f"but the labels have {num_classes} classes")
-            return from_transition_matrix(labels, self.matrix, self.seed)
+            if num_classes is not None:
+                self.check_classes(num_classes)
+            return from_transition_matrix(labels, self.transition_matrix(), self.seed)
         y, _ = _class_labels(labels, num_classes)
         return y, np.zeros(y.size, dtype=bool)
 
@@ -502,16 +551,17 @@ class NoiseSpec:
             out["matrix"] = [list(row) for row in self.matrix]
         if self.mapping is not None:
             out["mapping"] = list(self.mapping)
+        if self.cifar_n is not None:
+            out["cifar_n"] = self.cifar_n
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> NoiseSpec:
+    def from_dict(cls, d: dict, where: str = "noise") -> NoiseSpec:
         """Build from a config mapping.
 
         Unknown keys are an error, so a typo never silently means "no noise".
         """
-        unknown = set(d) - {"kind", "rate", "seed", "matrix", "mapping"}
-        if unknown:
-            raise NMTuneError(f"unknown noise setting(s) {sorted(unknown)}; known: kind, rate, "
-                              "seed, matrix, mapping")
+        if not isinstance(d, dict):
+            raise NMTuneError(f"{where}: expected a mapping of noise settings, got {d!r}")
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], where)
         return cls(**d)

@@ -38,8 +38,10 @@ import inspect
 import json
 import math
 import os
+import pickle
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +56,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_path, write_json_atomic
 from ._torch import autocast, resolve_device, seed_everything, tune_cpu_allocator
-from ._validation import NMTuneError
+from ._validation import NMTuneError, check_int, check_keys, check_str
 from .noise import NoiseSpec
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
@@ -146,13 +148,19 @@ class PretrainConfig:
             raise NMTuneError(f"noise must be a NoiseSpec or a mapping, got {self.noise!r}")
         if not isinstance(self.backbone_kwargs, dict):
             raise NMTuneError(f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}")
+        for name in ("backbone", "dataset", "split", "eval_split", "device"):
+            check_str(getattr(self, name), name)
+        if self.eval_dataset is not None:
+            check_str(self.eval_dataset, "eval_dataset")
+        for name in ("lr", "momentum", "weight_decay"):
+            _check_number(name, getattr(self, name))
         for name in ("epochs", "batch_size"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(getattr(self, name), name, 1)
         for name in ("limit", "eval_limit"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                check_int(getattr(self, name), name, 1)
         for name in ("seed", "subset_seed", "num_workers"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(getattr(self, name), name, 0)
         if not isinstance(self.augment, bool):
             raise NMTuneError(f"augment must be true or false, got {self.augment!r}")
         if self.optimizer not in _OPTIMIZERS:
@@ -167,12 +175,9 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
         """Build from a mapping (a YAML section, ``config.json``); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise NMTuneError(
-                f"unknown pre-training setting(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
+        if not isinstance(d, dict):
+            raise NMTuneError(f"pre-training settings must be a mapping, got {d!r}")
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], "pre-training settings")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,9 +188,9 @@ class PretrainConfig:
         return out
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NMTuneError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise NMTuneError(f"{name} must be a number, got {value!r}")
 
 
 def _run_file(name: str) -> property:
@@ -241,12 +246,14 @@ def pretrain(
     PretrainResult
     """
     result = PretrainResult(Path(out_dir), {})
+    if result.out_dir.exists() and not result.out_dir.is_dir():
+        raise NMTuneError(f"{result.out_dir} is a file, not a folder: give the run a folder")
     with _distributed(config.device) as ctx, _deterministic(ctx.device):
         if ctx.is_main:
             _claim_out_dir(result, config, resume)
         ctx.barrier()
         if resume and result.metrics_path.is_file() and result.backbone_path.is_file():
-            return PretrainResult(result.out_dir, json.loads(result.metrics_path.read_text()))
+            return PretrainResult(result.out_dir, _read_run_json(result.metrics_path))
         if ctx.device.type == "cpu":
             tune_cpu_allocator()
         order_gen = seed_everything(config.seed)
@@ -589,7 +596,7 @@ def _claim_out_dir(result: PretrainResult, config: PretrainConfig, resume: bool)
     if path.is_file():
         # A setting added after the run started is absent from its file; it ran the default.
         defaults = json.loads(json.dumps(PretrainConfig().to_dict()))
-        have = {**defaults, **json.loads(path.read_text())}
+        have = {**defaults, **_read_run_json(path)}
         diff = sorted(
             k for k in set(have) | set(want)
             if k not in _PLACEMENT_KEYS and have.get(k) != want.get(k)
@@ -606,6 +613,23 @@ def _claim_out_dir(result: PretrainResult, config: PretrainConfig, resume: bool)
     write_json_atomic(path, want)
 
 
+def _broken(path: Path, exc: BaseException | str) -> NMTuneError:
+    """The error for a run file that cannot be used, on one line whatever ``exc`` says."""
+    reason = " ".join(str(exc).split())[:200]
+    return NMTuneError(f"{path} is not a usable file of this pre-training run ({reason}); "
+                       "delete it to redo that step, or use another output directory")
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_bytes())
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are both
+        raise _broken(path, exc) from None
+    if not isinstance(record, dict):
+        raise _broken(path, f"a JSON {type(record).__name__}, not an object")
+    return record
+
+
 def _write_noise(path: Path, clean: np.ndarray, num_classes: int, spec: NoiseSpec, resume: bool):
     """Corrupt the labels and save them, unless a resumed run already did."""
     if resume and path.is_file():
@@ -617,8 +641,13 @@ def _write_noise(path: Path, clean: np.ndarray, num_classes: int, spec: NoiseSpe
 
 
 def _read_noise(path: Path, clean: np.ndarray) -> dict[str, np.ndarray]:
-    with np.load(path) as npz:
-        labels = {k: npz[k] for k in ("clean", "noisy", "changed")}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            labels = {k: npz[k] for k in ("clean", "noisy", "changed")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+        raise _broken(path, exc) from None
+    if any(v.shape != clean.shape for v in labels.values()):
+        raise _broken(path, f"its label arrays are not {clean.shape[0]} long")
     if not np.array_equal(labels["clean"], clean):
         raise NMTuneError(
             f"{path} was made from other training labels than the dataset now loads; the data "
@@ -649,22 +678,26 @@ def _save_checkpoint(result, model, optimizer, scheduler, order_gen, history, co
 
 
 def _load_checkpoint(path, model, optimizer, scheduler, order_gen, device) -> tuple[int, list]:
-    """Restore a checkpoint in place; returns ``(epochs done, history)``."""
+    """Restore a checkpoint in place; returns ``(epochs done, history)``.
+
+    Anything that is not this run's checkpoint (random bytes, another model's) is an
+    :class:`NMTuneError`, raised before training resumes from a half-restored state.
+    """
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, KeyError, EOFError, OSError) as exc:
-        raise NMTuneError(
-            f"{path} is not a usable checkpoint of this run ({exc}); delete it to start over"
-        ) from None
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"].cpu())
-    order_gen.set_state(rng["order"].cpu())
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-    return len(state["history"]), list(state["history"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        order_gen.set_state(rng["order"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        history = list(state["history"])
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            IndexError, pickle.UnpicklingError) as exc:
+        raise _broken(path, exc) from None
+    return len(history), history
 
 
 def _write_outputs(result: PretrainResult, model: _Classifier, history: list, metrics: dict):

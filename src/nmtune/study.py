@@ -21,9 +21,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import platform
+import re
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,9 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from ._io import write_bytes_atomic, write_json_atomic
-from ._validation import NMTuneError
+from ._validation import NMTuneError, check_int, check_keys, check_str
+from .noise import SOURCED_KINDS, NoiseSpec
+from .pretrain import PretrainConfig
 from .results import chance_level, tidy_table
 
 #: Bump when a cell's computation changes in a way its inputs don't show.
@@ -45,6 +51,18 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 
 # --------------------------------------------------------------------------- config
+
+#: A study's name is its output folder under ``nmtune-results/``: plain, so it stays inside.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+#: The kind of a ``noise:`` section that names none. Run folders, the ``noise_type`` column and
+#: the labels pre-training corrupts all read it from :class:`NoiseGrid`, so they always agree.
+DEFAULT_NOISE_KIND = "symmetric"
+#: Settings of a method entry that belong to the study, not to the estimator.
+_STUDY_METHOD_KEYS = ("method", "views", "select", "select_val_size")
+#: PretrainConfig fields every grid point fills in; a ``pretrain:`` section may not set them.
+_GRID_PRETRAIN_KEYS = ("backbone", "backbone_kwargs", "noise", "seed", "device")
+#: File-based dataset names (``PREFIX:PATH``) and what they hold, known without reading them.
+_FILE_PREFIXES = {"folder": "image", "csv": "text", "jsonl": "text"}
 
 
 @dataclass(frozen=True)
@@ -80,113 +98,341 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class NoiseGrid:
+    """The pre-training label noise of a study: one kind at each of ``ratios``.
+
+    Parameters
+    ----------
+    kind : str, default :data:`DEFAULT_NOISE_KIND`
+        A :class:`~nmtune.noise.NoiseSpec` kind. "transition" sets its own amount of noise,
+        so its ratios are 0 (clean) and 1 (the matrix applied).
+    ratios : tuple of float
+        Ratio 0 is the clean baseline of every kind.
+    matrix, mapping, cifar_n
+        The :class:`~nmtune.noise.NoiseSpec` settings of the kind.
+    """
+
+    kind: str = DEFAULT_NOISE_KIND
+    ratios: tuple[float, ...] = (0.0,)
+    matrix: tuple[tuple[float, ...], ...] | None = None
+    mapping: tuple[int, ...] | None = None
+    cifar_n: str | None = None
+
+    def spec(self, ratio: float, seed: int) -> NoiseSpec:
+        """The noise grid point ``(ratio, seed)`` applies: none at ratio 0, whatever the kind."""
+        if ratio == 0:
+            return NoiseSpec("none", 0.0, seed=seed)
+        return NoiseSpec(self.kind, ratio, seed, self.matrix, self.mapping, self.cifar_n)
+
+
+#: A study without a ``noise:`` section: every grid point is clean.
+NO_NOISE = NoiseGrid(kind="none")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """How features are extracted: ``batch_size`` rows per forward pass (memory, not results)."""
+
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
 class StudyConfig:
-    """A whole study; see ``configs/default.yaml`` for a commented example."""
+    """A whole study, every part checked; see ``configs/default.yaml`` for a commented example.
+
+    ``backbone`` is ``{"name": ..., "kwargs": {...}}``; ``methods`` maps each method's name to
+    its settings (``method``, the estimator's parameters, ``views``, ``select``); ``pretrain``
+    holds the pre-training settings every grid point shares (its backbone, noise and seed are
+    filled in per point by :func:`pretrain_config`), or None for a ready-made backbone.
+    """
 
     name: str
     seeds: tuple[int, ...]
     backbone: dict
     tasks: tuple[TaskSpec, ...]
     methods: dict
-    pretrain: dict | None = None
-    noise: dict = field(default_factory=lambda: {"kind": "none", "ratios": [0.0]})
-    features: dict = field(default_factory=dict)
+    pretrain: PretrainConfig | None = None
+    noise: NoiseGrid = NO_NOISE
+    features: FeaturesConfig = FeaturesConfig()
     spectrum_of: tuple[SetSpec, ...] = ()
     device: str = "auto"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"raw"}
-_METHODS = ("lp", "mlp", "nmtune")
+_TUNERS = {"lp": "LinearProbe", "mlp": "MLPProbe", "nmtune": "NMTuneClassifier"}
 
 
-def _set_spec(obj: Any, where: str) -> SetSpec:
+def pretrain_config(config: StudyConfig, ratio: float, seed: int) -> PretrainConfig:
+    """The pre-training settings of grid point ``(ratio, seed)``: what ``nmtune study`` trains
+    there, and what ``nmtune pretrain --config STUDY`` trains for the same point."""
+    if config.pretrain is None:
+        raise NMTuneError(f"study {config.name!r} has no pretrain section to run")
+    return dataclasses.replace(config.pretrain, seed=seed, noise=config.noise.spec(ratio, seed))
+
+
+def run_name(config: StudyConfig, ratio: float, seed: int) -> str:
+    """The folder under ``pretrain/`` of grid point ``(ratio, seed)``."""
+    return f"{config.noise.kind}-{ratio:g}-seed{seed}"
+
+
+def _mapping(obj: Any, where: str, keys) -> dict:
+    if not isinstance(obj, dict):
+        raise NMTuneError(f"{where}: expected a mapping, got {obj!r}")
+    check_keys(obj, keys, where)
+    return obj
+
+
+def _modality(dataset: str, where: str) -> str:
+    """``image`` or ``text``, without reading the data; raises for an unknown dataset."""
+    from .data import dataset_card
+
+    prefix = check_str(dataset, where).partition(":")[0]
+    if prefix in _FILE_PREFIXES:
+        return _FILE_PREFIXES[prefix]
+    return dataset_card(dataset).modality
+
+
+def _check_modality(dataset: str, backbone: dict, where: str) -> None:
+    from .backbones import get_spec
+
+    want = get_spec(backbone["name"]).modality
+    have = _modality(dataset, where)
+    if have != want:
+        raise NMTuneError(f"{where}: {dataset!r} is a {have} dataset, but backbone "
+                          f"{backbone['name']!r} takes {want} input")
+
+
+def _set_spec(obj: Any, where: str, backbone: dict) -> SetSpec:
     if isinstance(obj, str):
         obj = {"dataset": obj}
-    if not isinstance(obj, dict) or "dataset" not in obj:
+    obj = _mapping(obj, where, ("dataset", "split", "limit", "seed"))
+    if "dataset" not in obj:
         raise NMTuneError(f"{where}: expected a mapping with 'dataset' (and split, limit, seed)")
-    unknown = set(obj) - {"dataset", "split", "limit", "seed"}
-    if unknown:
-        raise NMTuneError(f"{where}: unknown key(s) {sorted(unknown)}")
-    return SetSpec(**obj)
+    spec = SetSpec(**obj)
+    check_str(spec.split, f"{where}.split")
+    if spec.limit is not None:
+        check_int(spec.limit, f"{where}.limit", 1)
+    check_int(spec.seed, f"{where}.seed", 0)
+    _check_modality(spec.dataset, backbone, where)
+    return spec
 
 
-def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
-    """Validate a parsed YAML mapping and build a :class:`StudyConfig`; errors name the key."""
-    if not isinstance(raw, dict):
-        raise NMTuneError(f"{source}: top level must be a mapping")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise NMTuneError(
-            f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
-        )
-    for key in ("name", "seeds", "backbone", "tasks", "methods"):
-        if key not in raw:
-            raise NMTuneError(f"{source}: missing required key '{key}'")
-    seeds = raw["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise NMTuneError(f"{source}: 'seeds' must be a non-empty list of integers")
-    backbone = raw["backbone"]
-    if isinstance(backbone, str):
-        backbone = {"name": backbone}
-    if not isinstance(backbone, dict) or "name" not in backbone:
-        raise NMTuneError(f"{source}: 'backbone' must be a name or a mapping with 'name'")
+def _backbone(obj: Any, source: str) -> dict:
+    """``{"name": ..., "kwargs": ...}`` of a registered backbone whose factory takes them."""
+    from .backbones import get_spec
+
+    where = f"{source}: backbone"
+    if isinstance(obj, str):
+        obj = {"name": obj}
+    obj = _mapping(obj, where, ("name", "kwargs"))
+    name = check_str(obj.get("name"), f"{where}.name")
+    kwargs = obj.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise NMTuneError(f"{where}.kwargs: expected a mapping, got {kwargs!r}")
+    spec = get_spec(name)
+    params = inspect.signature(spec.factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        check_keys(kwargs, [p for p in params if p != "model"], f"{where}.kwargs")
+    args = (name.partition(":")[2],) if spec.is_family else ()
+    try:
+        inspect.signature(spec.factory).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise NMTuneError(f"{where}: bad arguments for {name!r}: {exc}") from None
+    return obj
+
+
+def _tasks(obj: Any, source: str, backbone: dict) -> tuple[TaskSpec, ...]:
+    if not isinstance(obj, list) or not obj:
+        raise NMTuneError(f"{source}: 'tasks' must list at least one task")
     tasks = []
-    for i, t in enumerate(raw["tasks"] or []):
+    for i, t in enumerate(obj):
         where = f"{source}: tasks[{i}]"
         if not isinstance(t, dict) or not {"name", "train", "test"} <= set(t):
             raise NMTuneError(f"{where}: needs name, train and test (and optionally ood)")
-        unknown = set(t) - {"name", "train", "test", "ood"}
-        if unknown:
-            raise NMTuneError(f"{where}: unknown key(s) {sorted(unknown)}")
+        check_keys(t, ("name", "train", "test", "ood"), where)
         ood = t.get("ood") or {}
         if not isinstance(ood, dict):
             raise NMTuneError(f"{where}.ood: expected a mapping of shift name -> test set")
         tasks.append(TaskSpec(
-            str(t["name"]), _set_spec(t["train"], f"{where}.train"),
-            _set_spec(t["test"], f"{where}.test"),
-            tuple((str(k), _set_spec(v, f"{where}.ood.{k}")) for k, v in ood.items()),
+            str(t["name"]), _set_spec(t["train"], f"{where}.train", backbone),
+            _set_spec(t["test"], f"{where}.test", backbone),
+            tuple((str(k), _set_spec(v, f"{where}.ood.{k}", backbone)) for k, v in ood.items()),
         ))
-    if not tasks:
-        raise NMTuneError(f"{source}: 'tasks' must list at least one task")
     if len({t.name for t in tasks}) != len(tasks):
         raise NMTuneError(f"{source}: task names must be unique")
-    methods = raw["methods"]
-    if not isinstance(methods, dict) or not methods:
+    return tuple(tasks)
+
+
+def _methods(obj: Any, source: str, device: str) -> dict:
+    """Each method's settings, with the estimator it describes built and its parameters
+    validated (every candidate of a ``select`` grid too)."""
+    if not isinstance(obj, dict) or not obj:
         raise NMTuneError(f"{source}: 'methods' must map method names to their settings")
-    methods = {name: dict(params or {}) for name, params in methods.items()}
-    for name, params in methods.items():
-        if not isinstance(params, dict):
-            raise NMTuneError(f"{source}: settings of method {name!r} must be a mapping")
+    methods = {}
+    for name, params in obj.items():
+        where = f"{source}: methods.{name}"
+        if not isinstance(params, dict | None):
+            raise NMTuneError(f"{where}: settings must be a mapping, got {params!r}")
+        params = dict(params or {})
         params.setdefault("method", name)
-        if params["method"] not in _METHODS:
+        if params["method"] not in _TUNERS:
             raise NMTuneError(
-                f"{source}: method {name!r} is of unknown type {params['method']!r}; give "
-                f"'method:' one of {_METHODS}"
+                f"{where}: unknown type {params['method']!r}; give 'method:' one of "
+                f"{tuple(_TUNERS)}"
             )
-    noise = raw.get("noise") or {"kind": "none", "ratios": [0.0]}
-    ratios = noise.get("ratios")
+        _check_method(params, where, device)
+        methods[name] = params
+    return methods
+
+
+def _check_method(params: dict, where: str, device: str) -> None:
+    from sklearn.model_selection import ParameterGrid
+
+    from . import tuners
+
+    cls = getattr(tuners, _TUNERS[params["method"]])
+    if "random_state" in params:
+        raise NMTuneError(f"{where}: random_state is set from the study's seeds")
+    own = [p for p in cls._get_param_names() if p != "random_state"]
+    check_keys(params, [*own, *_STUDY_METHOD_KEYS], where)
+    check_int(params.get("views", 1), f"{where}.views", 1)
+    val_size = params.get("select_val_size", 0.2)
+    if isinstance(val_size, bool) or not isinstance(val_size, int | float) or not (
+            0 < val_size < 1):
+        raise NMTuneError(f"{where}.select_val_size must be in (0, 1), got {val_size!r}")
+    grid = params.get("select") or {}
+    if not isinstance(grid, dict) or not all(
+            isinstance(v, list) and v for v in grid.values()):
+        raise NMTuneError(f"{where}.select: expected a mapping of setting -> non-empty list")
+    check_keys(grid, own, f"{where}.select")
+    estimator = _make_tuner({**params, "select": None}, seed=0, device=device)
+    try:
+        for point in ParameterGrid(grid):
+            estimator.set_params(**point)._validate_params()
+    except NMTuneError as exc:
+        raise NMTuneError(f"{where}: {exc}") from None
+
+
+def _noise(obj: Any, source: str, pretrain: PretrainConfig | None) -> NoiseGrid:
+    where = f"{source}: noise"
+    if obj is None:
+        return NO_NOISE
+    obj = _mapping(obj, where, [f.name for f in dataclasses.fields(NoiseGrid)])
+    kind = obj.get("kind", DEFAULT_NOISE_KIND)
+    ratios = obj.get("ratios", [0.0])
     if not isinstance(ratios, list) or not ratios:
-        raise NMTuneError(f"{source}: 'noise.ratios' must be a non-empty list")
+        raise NMTuneError(f"{where}.ratios must be a non-empty list")
+    sourced = kind in SOURCED_KINDS
+    allowed = ("0 (clean) or 1 (its noise applied): the kind sets its own noise rate"
+               if sourced else "a number in [0, 1)")
     for r in ratios:
-        if not isinstance(r, int | float) or not 0 <= r < 1:
-            raise NMTuneError(f"{source}: noise ratio {r!r} must be a number in [0, 1)")
-    if raw.get("pretrain") is None and (noise.get("kind", "none") != "none" or ratios != [0.0]):
+        if (isinstance(r, bool) or not isinstance(r, int | float)
+                or not (r in (0, 1) if sourced else 0 <= r < 1)):
+            raise NMTuneError(f"{where}: noise ratio {r!r} of kind {kind!r} must be {allowed}")
+    grid = NoiseGrid(**{**obj, "ratios": tuple(float(r) for r in ratios)})
+    try:
+        # One point of the kind whatever the ratios (a grid may list only 0), so a bad kind or
+        # setting fails now: 1 is a sourced kind's noisy point, 0 the only rate of "none".
+        probe_rate = 1.0 if sourced else 0.0 if kind == "none" else 0.5
+        probe = NoiseSpec(kind, probe_rate, 0, grid.matrix, grid.mapping, grid.cifar_n)
+        for r in grid.ratios:
+            grid.spec(r, 0)
+    except NMTuneError as exc:
+        raise NMTuneError(f"{where}: {exc}") from None
+    if pretrain is None and (kind != "none" or any(grid.ratios)):
         raise NMTuneError(f"{source}: a noise grid needs a 'pretrain' section")
-    spectrum_of = tuple(_set_spec(s, f"{source}: spectrum_of") for s in raw.get("spectrum_of", []))
-    return StudyConfig(
-        name=str(raw["name"]),
+    if pretrain is not None and pretrain.dataset.partition(":")[0] not in _FILE_PREFIXES:
+        from .data import dataset_card
+
+        try:
+            probe.check_classes(dataset_card(pretrain.dataset).num_classes)
+        except NMTuneError as exc:
+            raise NMTuneError(f"{where}: {exc}") from None
+    return grid
+
+
+def _pretrain(obj: Any, source: str, backbone: dict, device: str) -> PretrainConfig | None:
+    """The settings every grid point shares; the grid fills in backbone, noise and seed."""
+    where = f"{source}: pretrain"
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise NMTuneError(f"{where}: expected a mapping of pre-training settings, got {obj!r}")
+    fixed = [k for k in obj if k in _GRID_PRETRAIN_KEYS]
+    if fixed:
+        raise NMTuneError(f"{where}: {fixed[0]!r} is set by the study (from backbone, seeds, "
+                          "noise and device), not in the pretrain section")
+    allowed = [f.name for f in dataclasses.fields(PretrainConfig)]
+    check_keys(obj, [k for k in allowed if k not in _GRID_PRETRAIN_KEYS], where)
+    try:
+        config = PretrainConfig.from_dict({
+            **obj, "backbone": backbone["name"],
+            "backbone_kwargs": dict(backbone.get("kwargs") or {}), "device": device,
+        })
+    except NMTuneError as exc:
+        raise NMTuneError(f"{where}: {exc}") from None
+    _check_modality(config.dataset, backbone, f"{where}.dataset")
+    if config.eval_dataset is not None:
+        _check_modality(config.eval_dataset, backbone, f"{where}.eval_dataset")
+    return config
+
+
+def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
+    """Validate a parsed YAML mapping whole and build a :class:`StudyConfig`.
+
+    Every setting is checked here, before any folder exists: unknown keys (with the closest
+    known one suggested), types and ranges, the pre-training settings of every grid point,
+    each method's estimator parameters, and that every dataset suits the backbone. Errors
+    name the key.
+    """
+    if not isinstance(raw, dict):
+        raise NMTuneError(f"{source}: top level must be a mapping")
+    check_keys(raw, _TOP_KEYS, source)
+    for key in ("name", "seeds", "backbone", "tasks", "methods"):
+        if key not in raw:
+            raise NMTuneError(f"{source}: missing required key '{key}'")
+    name = raw["name"]
+    if not isinstance(name, str):
+        raise NMTuneError(f"{source}: name must be a string, got {name!r} (quote it in YAML)")
+    if not _PLAIN_NAME.fullmatch(name):
+        raise NMTuneError(
+            f"{source}: name {name!r} must be plain (letters, digits, '-', '_', '.'; not "
+            "starting with '.'): it names the results folder nmtune-results/<name>"
+        )
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds:
+        raise NMTuneError(f"{source}: 'seeds' must be a non-empty list of integers")
+    for s in seeds:
+        check_int(s, f"{source}: seeds", 0)
+    device = check_str(raw.get("device", "auto"), f"{source}: device")
+    backbone = _backbone(raw["backbone"], source)
+    pretrain = _pretrain(raw.get("pretrain"), source, backbone, device)
+    noise = _noise(raw.get("noise"), source, pretrain)
+    features = _mapping(raw.get("features") or {}, f"{source}: features",
+                        [f.name for f in dataclasses.fields(FeaturesConfig)])
+    check_int(features.get("batch_size", 1), f"{source}: features.batch_size", 1)
+    spectrum_of = raw.get("spectrum_of") or []
+    if not isinstance(spectrum_of, list):
+        raise NMTuneError(f"{source}: 'spectrum_of' must be a list of sets")
+    config = StudyConfig(
+        name=name,
         seeds=tuple(seeds),
         backbone=backbone,
-        tasks=tuple(tasks),
-        methods=methods,
-        pretrain=raw.get("pretrain"),
+        tasks=_tasks(raw["tasks"], source, backbone),
+        methods=_methods(raw["methods"], source, device),
+        pretrain=pretrain,
         noise=noise,
-        features=dict(raw.get("features") or {}),
-        spectrum_of=spectrum_of,
-        device=raw.get("device", "auto"),
+        features=FeaturesConfig(**features),
+        spectrum_of=tuple(_set_spec(s, f"{source}: spectrum_of", backbone)
+                          for s in spectrum_of),
+        device=device,
         raw=copy.deepcopy(raw),
     )
+    if pretrain is not None:
+        for ratio in noise.ratios:
+            pretrain_config(config, ratio, 0)
+    return config
 
 
 def resolve_config_path(path: str | Path | None) -> Path:
@@ -221,16 +467,38 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _cached(path: Path, compute) -> dict:
-    """Return the JSON record at ``path``, computing and writing it atomically if absent."""
+def _cached(path: Path, compute: Callable[[], dict], valid: Callable[[dict], bool]) -> dict:
+    """Return the JSON record at ``path``, computing and writing it atomically if absent.
+
+    Cells are written atomically, so a record that does not parse or fails ``valid`` (``{}``,
+    another file's content) was damaged from outside: it is recomputed with a warning.
+    """
     if path.is_file():
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            path.unlink()  # written atomically, so only tampering gets here: recompute
+            record = json.loads(path.read_bytes())
+            if isinstance(record, dict) and valid(record):
+                return record
+            problem = "does not hold this cell's fields"
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both
+            problem = f"is not valid JSON ({exc})"
+        warnings.warn(f"{path} {problem}; recomputing it", UserWarning, stacklevel=2)
     record = compute()
     write_json_atomic(path, record)
     return record
+
+
+#: What a spectrum cell holds besides its grid point.
+_SPECTRUM_FIELDS = ("features_of", "sve", "lsvr", "effective_rank", "n", "d", "singular_values")
+
+
+def _is_spectrum_cell(record: dict) -> bool:
+    return all(k in record for k in _SPECTRUM_FIELDS)
+
+
+def _is_tune_cell(record: dict) -> bool:
+    rows = record.get("rows")
+    return isinstance(rows, list) and bool(rows) and all(
+        isinstance(row, dict) and "accuracy" in row for row in rows)
 
 
 def _make_tuner(params: dict, seed: int, device: str):
@@ -258,9 +526,7 @@ def _make_tuner(params: dict, seed: int, device: str):
         raise NMTuneError(f"bad settings for method {cls.__name__}: {exc}") from None
     if not grid:
         return estimator
-    bad = set(grid) - set(estimator.get_params())
-    if bad:
-        raise NMTuneError(f"select: {cls.__name__} has no setting(s) {sorted(bad)}")
+    check_keys(grid, estimator.get_params(), f"select of {cls.__name__}")
     split = StratifiedShuffleSplit(n_splits=1, test_size=val_size, random_state=seed)
     return GridSearchCV(estimator, grid, cv=split, refit=True)
 
@@ -299,20 +565,10 @@ class _Runner:
             if self._real_backbone is None:
                 self._real_backbone = create_backbone(self.cfg.backbone["name"], **kwargs)
             return self._real_backbone, None
-        from .pretrain import PretrainConfig, pretrain
+        from .pretrain import pretrain
 
-        noise_kind = self.cfg.noise.get("kind", "symmetric") if ratio > 0 else "none"
-        pcfg = PretrainConfig.from_dict({
-            **self.cfg.pretrain,
-            "backbone": self.cfg.backbone["name"],
-            "backbone_kwargs": kwargs,
-            "noise": {**{k: v for k, v in self.cfg.noise.items() if k != "ratios"},
-                      "kind": noise_kind, "rate": ratio, "seed": seed},
-            "seed": seed,
-            "device": self.cfg.device,
-        })
-        run_name = f"{self.cfg.noise.get('kind', 'none')}-{ratio:g}-seed{seed}"
-        result = pretrain(pcfg, self.out / "pretrain" / run_name, resume=True,
+        result = pretrain(pretrain_config(self.cfg, ratio, seed),
+                          self.out / "pretrain" / run_name(self.cfg, ratio, seed), resume=True,
                           progress=self.progress)
         backbone = create_backbone(self.cfg.backbone["name"], weights=result.backbone_path,
                                    **kwargs)
@@ -329,7 +585,7 @@ class _Runner:
             self.dataset(spec),
             views=views,
             seed=spec.seed,
-            batch_size=int(self.cfg.features.get("batch_size", 256)),
+            batch_size=self.cfg.features.batch_size,
             device=self.cfg.device,
             cache_dir=self.out / "features",
             progress=self.progress,
@@ -348,7 +604,7 @@ class _Runner:
                     "singular_values": json.dumps([float(v) for v in s["singular_values"]])}
 
         path = self.out / "cells" / f"spectrum-{_key(identity, spec, grid)}.json"
-        return _cached(path, compute)
+        return _cached(path, compute, _is_spectrum_cell)
 
     def tune_cells(self, backbone, identity: str, task: TaskSpec, method: str, seed: int,
                    grid: dict) -> list:
@@ -394,30 +650,33 @@ class _Runner:
             return {"rows": rows}
 
         key = _key(identity, task, method, params, seed, grid)
-        return _cached(self.out / "cells" / f"tune-{key}.json", compute)["rows"]
+        return _cached(self.out / "cells" / f"tune-{key}.json", compute, _is_tune_cell)["rows"]
 
     # -- the grid ---------------------------------------------------------------
 
     def grid_points(self) -> list[tuple[float, int]]:
-        return [(float(r), s) for s in self.cfg.seeds for r in self.cfg.noise["ratios"]]
+        return [(r, s) for s in self.cfg.seeds for r in self.cfg.noise.ratios]
 
     def preflight(self) -> None:
-        """Fail before any work when a dataset or backbone is missing, naming the fix."""
+        """Fail before any work when a dataset, backbone or noise source is missing, naming
+        the fix."""
         from .backbones import get_spec
         from .data import require_dataset
+        from .noise import cifar_n_labels
 
         sets = [s for t in self.cfg.tasks for _, _, s in t.evaluations()] + [
             t.train for t in self.cfg.tasks] + list(self.cfg.spectrum_of)
         if self.cfg.pretrain is not None:
             p = self.cfg.pretrain
-            sets.append(SetSpec(p.get("dataset", "fashion-mnist"), p.get("split", "train")))
-            sets.append(SetSpec(p.get("eval_dataset") or p.get("dataset", "fashion-mnist"),
-                                p.get("eval_split", "test")))
+            sets.append(SetSpec(p.dataset, p.split))
+            sets.append(SetSpec(p.eval_dataset or p.dataset, p.eval_split))
         for spec in dict.fromkeys(sets):
             require_dataset(spec.dataset, spec.split)
         backbone = get_spec(self.cfg.backbone["name"])
         if not backbone.installed:
             raise NMTuneError(f"backbone {self.cfg.backbone['name']!r} needs: {backbone.install}")
+        if self.cfg.noise.cifar_n is not None:
+            cifar_n_labels(self.cfg.noise.cifar_n)  # the labels ship in an optional package
 
     def run(self) -> dict[str, pd.DataFrame]:
         points = self.grid_points()
@@ -429,7 +688,7 @@ class _Runner:
         bar = tqdm(total=n_cells, desc=f"study {self.cfg.name}", unit="cell",
                    disable=not self.progress)
         for ratio, seed in points:
-            grid = {"noise_type": self.cfg.noise.get("kind", "none"), "noise_ratio": ratio,
+            grid = {"noise_type": self.cfg.noise.kind, "noise_ratio": ratio,
                     "seed": seed}
             bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: pre-training")
             backbone, metrics = self.pretrained(ratio, seed)
@@ -462,6 +721,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     already done.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NMTuneError(f"{out} is a file, not a folder: give the study a results folder")
     runner = _Runner(config, out, progress)
     runner.preflight()  # before anything is written: a missing dataset leaves no trace
     out.mkdir(parents=True, exist_ok=True)

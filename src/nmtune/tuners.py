@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import DataConversionWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -157,12 +158,33 @@ def _standardizer(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- shared API
 
 
+class _InvalidParameter(NMTuneError, InvalidParameterError):
+    """A parameter outside its constraints: both nmtune's error and scikit-learn's."""
+
+
+#: Constraints every tuner shares (scikit-learn's ``_parameter_constraints`` vocabulary).
+_COMMON_CONSTRAINTS = {
+    "device": [str, torch.device],
+    "random_state": ["random_state"],
+}
+_POSITIVE_INT = [Interval(Integral, 1, None, closed="left")]
+_NON_NEGATIVE = [Interval(Real, 0, None, closed="left")]
+
+
 class _FeatureClassifier(ClassifierMixin, BaseEstimator):
     """predict / predict_proba / decision_function from one ``_logits`` method.
 
     Logits have one column per class. For two classes ``decision_function`` returns the
     scikit-learn binary form, ``logit[1] - logit[0]`` of shape (N,).
     """
+
+    def _validate_params(self) -> None:
+        """Check every parameter against ``_parameter_constraints``, scikit-learn's way; the
+        error is also an :class:`NMTuneError`, so the CLI reports it in one line."""
+        try:
+            super()._validate_params()
+        except InvalidParameterError as exc:
+            raise _InvalidParameter(str(exc)) from None
 
     def _logits(self, X: np.ndarray) -> np.ndarray:  # (N, D) -> (N, K) float64
         raise NotImplementedError
@@ -297,6 +319,15 @@ class LinearProbe(_FeatureClassifier):
     samples, so no sample's views straddle it.
     """
 
+    _parameter_constraints = {
+        "Cs": [*_POSITIVE_INT, "array-like"],
+        "val_size": [Interval(Real, 0, 1, closed="neither")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": _POSITIVE_INT,
+        "patience": [*_POSITIVE_INT, None],
+        **_COMMON_CONSTRAINTS,
+    }
+
     def __init__(
         self,
         Cs: int | list[float] = 9,
@@ -327,6 +358,7 @@ class LinearProbe(_FeatureClassifier):
 
     def fit(self, X, y) -> LinearProbe:
         """Fit on features ``X`` (N×D or V×N×D) and labels ``y`` (N)."""
+        self._validate_params()
         views, self.classes_, y_index = _check_fit_data(X, y)
         self.n_features_in_ = views.shape[2]
         self.Cs_ = self._grid()
@@ -367,10 +399,6 @@ class LinearProbe(_FeatureClassifier):
         y_train = labels[train].repeat(std.shape[0])
         X_val, y_val = std[0, val].double(), labels[val]
         d = std.shape[2]
-        if self.patience is not None and (isinstance(self.patience, bool) or
-                                          not isinstance(self.patience, Integral) or
-                                          self.patience < 1):
-            raise NMTuneError(f"patience must be a positive integer or None, got {self.patience!r}")
         scores, solutions = [], []
         for C in self.Cs_:  # ascending C = strong to weak L2: each solution starts the next
             since_best = len(scores) - 1 - int(np.argmax(scores)) if scores else 0
@@ -580,6 +608,18 @@ class MLPProbe(_FeatureClassifier):
     w_mse = w_cov = w_svd = 0.0
     top_k = 5
 
+    _parameter_constraints = {
+        "hidden_ratio": _POSITIVE_INT,
+        "lr": _NON_NEGATIVE,
+        "weight_decay": _NON_NEGATIVE,
+        "batch_size": _POSITIVE_INT,
+        "epochs": _POSITIVE_INT,
+        "standardize": ["boolean"],
+        "validation": [Interval(Real, 0, 1, closed="neither"), None],
+        "verbose": ["verbose"],
+        **_COMMON_CONSTRAINTS,
+    }
+
     def __init__(
         self,
         hidden_ratio: int = 4,
@@ -604,22 +644,13 @@ class MLPProbe(_FeatureClassifier):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        for name in ("hidden_ratio", "batch_size", "epochs", "top_k"):
-            value = getattr(self, name)
-            if not isinstance(value, Integral) or value < 1:
-                raise NMTuneError(f"{name} must be a positive integer, got {value!r}")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise NMTuneError(f"lr and weight_decay must be >= 0, got {self.lr}, "
-                              f"{self.weight_decay}")
-
     def fit(self, X, y) -> MLPProbe:
         """Train on features ``X`` (N×D or V×N×D) and labels ``y`` (N).
 
         With V >= 2 views each step draws two distinct views at random (seeded): view a is
         the consistency target, view b is tuned towards it.
         """
-        self._check_params()
+        self._validate_params()
         views, self.classes_, y_index = _check_fit_data(X, y)
         self.n_features_in_ = views.shape[2]
         self.device_ = resolve_device(self.device)
@@ -744,6 +775,14 @@ class NMTuneClassifier(MLPProbe):
     w_mse, w_cov, w_svd : float, default=1.0, 0.04, 0.001
     top_k : int, default=5
     """
+
+    _parameter_constraints = {
+        **MLPProbe._parameter_constraints,
+        "w_mse": _NON_NEGATIVE,
+        "w_cov": _NON_NEGATIVE,
+        "w_svd": _NON_NEGATIVE,
+        "top_k": _POSITIVE_INT,
+    }
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .._validation import NMTuneError
@@ -27,15 +28,18 @@ def register(subparsers) -> None:
         "and history.png to --out. Flags override the values of --config.",
     )
     p.add_argument("--config", type=Path,
-                   help="YAML file holding a PretrainConfig mapping, or a study config (its "
-                   "pretrain section and backbone: one grid point per run, e.g. under torchrun)")
+                   help="YAML file holding a PretrainConfig mapping, or a study config: the "
+                   "settings of its grid point --noise/--seed, as `nmtune study` trains it "
+                   "(one grid point per run, e.g. under torchrun)")
     p.add_argument("--backbone", help="registered backbone name, e.g. resnet8, cnn4")
     p.add_argument("--width", type=int, help="backbone width (a backbone_kwargs entry)")
     p.add_argument("--dataset", help="registered training dataset name")
     p.add_argument("--split", help="training split (default: train)")
     p.add_argument("--limit", type=int, help="train on a seeded stratified subset of N rows")
     p.add_argument("--noise", metavar="KIND:RATE",
-                   help="label noise, e.g. symmetric:0.2, pair:0.1 or none (default: none)")
+                   help="label noise: symmetric:0.2, pair:0.1, transition:FILE (a K×K matrix, "
+                   ".npy/.csv/.json), cifar-n:NAME (the matrix estimated from a CIFAR-N label "
+                   "set: aggre, random1-3, worst, noisy100) or none (default: none)")
     p.add_argument("--noise-seed", type=int, help="seed of the noise (default: --seed)")
     p.add_argument("--eval-dataset", help="clean evaluation dataset (default: --dataset)")
     p.add_argument("--eval-split", help="evaluation split (default: test)")
@@ -59,19 +63,25 @@ _PLAIN = ("backbone", "dataset", "split", "limit", "eval_dataset", "eval_split",
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~nmtune.pretrain.PretrainConfig` of ``--config`` overridden by the flags."""
+    """The :class:`~nmtune.pretrain.PretrainConfig` of ``--config`` overridden by the flags.
+
+    A study config gives the settings of its grid point chosen by ``--noise`` and ``--seed``,
+    exactly as ``nmtune study`` pre-trains that point (:func:`nmtune.study.pretrain_config`).
+    """
     from ..pretrain import PretrainConfig
 
     raw = _read_yaml(args.config) if args.config else {}
+    noise = parse_noise(args.noise) if args.noise is not None else None
+    if "pretrain" in raw and "backbone" in raw:
+        raw = _study_grid_point(raw, args.config, noise, args.seed).to_dict()
+        noise = raw["noise"]
     raw.update({k: getattr(args, k) for k in _PLAIN if getattr(args, k) is not None})
     for required in ("backbone", "dataset"):
         if required not in raw:
             raise NMTuneError(f"--{required} is required (or give it in --config)")
     if args.width is not None:
         raw["backbone_kwargs"] = {**(raw.get("backbone_kwargs") or {}), "width": args.width}
-    noise = dict(raw.get("noise") or {})
-    if args.noise is not None:
-        noise = parse_noise(args.noise)
+    noise = dict(raw.get("noise") or {}) if noise is None else noise
     if args.noise_seed is not None:
         noise["seed"] = args.noise_seed
     noise.setdefault("seed", raw.get("seed", 0))
@@ -80,16 +90,43 @@ def config_from_args(args: argparse.Namespace):
 
 
 def parse_noise(text: str) -> dict[str, Any]:
-    """``"symmetric:0.2"`` -> ``{"kind": "symmetric", "rate": 0.2}``; ``"none"`` -> no noise."""
-    kind, _, rate = text.partition(":")
-    if kind == "none" and not rate:
+    """A ``--noise`` value as a :class:`~nmtune.noise.NoiseSpec` mapping.
+
+    ``KIND:RATE`` (``symmetric:0.2``, ``pair:0.1``), ``none``, ``transition:FILE`` (a K×K
+    row-stochastic matrix in ``.npy``, ``.csv`` or JSON/YAML), or ``cifar-n:NAME`` (the
+    transition matrix estimated from that CIFAR-N label set's human annotations).
+    """
+    kind, _, value = text.partition(":")
+    if kind == "none" and not value:
         return {"kind": "none", "rate": 0.0}
+    if kind == "cifar-n":
+        return {"kind": "transition", "cifar_n": value}
+    if kind == "transition":
+        if not value:
+            raise NMTuneError("--noise transition:FILE needs the matrix file")
+        return {"kind": "transition", "matrix": _read_matrix(Path(value))}
     try:
-        return {"kind": kind, "rate": float(rate)}
+        return {"kind": kind, "rate": float(value)}
     except ValueError:
         raise NMTuneError(
-            f"--noise must be KIND:RATE (e.g. symmetric:0.2) or none, got {text!r}"
+            f"--noise must be KIND:RATE (e.g. symmetric:0.2), transition:FILE, cifar-n:NAME or "
+            f"none, got {text!r}"
         ) from None
+
+
+def _read_matrix(path: Path) -> list[list[float]]:
+    from ..noise import check_transition_matrix
+
+    try:
+        if path.suffix == ".npy":
+            matrix = np.load(path, allow_pickle=False)
+        elif path.suffix in (".csv", ".txt"):
+            matrix = np.loadtxt(path, delimiter=",", ndmin=2)
+        else:  # JSON is YAML
+            matrix = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise NMTuneError(f"--noise transition:{path}: cannot read a matrix ({exc})") from None
+    return check_transition_matrix(matrix).tolist()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -99,21 +136,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise NMTuneError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise NMTuneError(f"{path} must hold a mapping of pre-training settings")
-    if "pretrain" in raw and "backbone" in raw:
-        return _study_pretrain_settings(raw, path)
     return raw
 
 
-def _study_pretrain_settings(study: dict[str, Any], path: Path) -> dict[str, Any]:
-    """A study config's ``pretrain`` section with its backbone: the settings ``nmtune study``
-    pre-trains each grid point with, less the noise and seed that ``--noise``/``--seed`` give."""
-    if not isinstance(study["pretrain"], dict):
-        raise NMTuneError(f"{path}: the study has no pretrain section to run")
-    backbone = study["backbone"]
-    if isinstance(backbone, str):
-        backbone = {"name": backbone}
-    return {**study["pretrain"], "backbone": backbone["name"],
-            "backbone_kwargs": dict(backbone.get("kwargs") or {})}
+def _study_grid_point(study: dict[str, Any], path: Path, noise: dict | None, seed: int | None):
+    """The pre-training settings of the study's grid point ``(--noise rate, --seed)``; the
+    whole study config is checked first, as ``nmtune study`` checks it."""
+    from ..noise import SOURCED_KINDS
+    from ..study import config_from_dict, pretrain_config
+
+    config = config_from_dict(study, source=str(path))
+    ratio = 0.0
+    if noise is not None and noise["kind"] != "none":
+        if noise["kind"] != config.noise.kind:
+            raise NMTuneError(f"--noise {noise['kind']} is not this study's noise kind "
+                              f"({config.noise.kind}); give {config.noise.kind}:RATIO or none")
+        ratio = 1.0 if noise["kind"] in SOURCED_KINDS else noise["rate"]
+    return pretrain_config(config, ratio, 0 if seed is None else seed)
 
 
 def run(args: argparse.Namespace) -> int:
