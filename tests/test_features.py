@@ -403,6 +403,17 @@ def test_unusable_cache_falls_back_with_a_warning_and_correct_features(
     np.testing.assert_array_equal(np.asarray(fs.features), direct.features)
 
 
+def test_a_backbone_oserror_is_not_taken_for_an_unusable_cache(digits, backbone, tmp_path):
+    class Offline(Counting):
+        def embed(self, batch):
+            raise ConnectionError("embeddings server went away")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no CacheWarning, no silent second extraction
+        with pytest.raises(ConnectionError, match="went away"):
+            extract(Offline(backbone), digits, cache_dir=tmp_path, progress=False)
+
+
 def test_cli_extract_with_the_cache_pointing_at_a_file(digits, tmp_path, monkeypatch, capsys):
     import nmtune.data
     from nmtune import cli
