@@ -378,6 +378,9 @@ def test_memory_limit_is_overridable_and_uses_the_estimate(monkeypatch):
     assert est.fit(X, y).score(X, y) > 0.25
     monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", "none")
     est.fit(X, y)
+    monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", "1.5k")  # suffixes are binary: 1536 bytes
+    with pytest.raises(NMTuneError, match=r"the limit is 1\.5 KiB \(NMTUNE_MEMORY_LIMIT\)"):
+        est.fit(X, y)
     monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", "lots")
     with pytest.raises(NMTuneError, match="NMTUNE_MEMORY_LIMIT must be"):
         est.fit(X, y)

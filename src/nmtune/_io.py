@@ -115,7 +115,8 @@ def load_feature_file(path) -> tuple[np.ndarray, np.ndarray, dict]:
     return features, labels, meta
 
 
-#: Deflate cannot expand data by much more than 1032:1; a member claiming more is not real.
+#: Deflate cannot expand data by much more than 1032:1 (plus a few bytes of block overhead,
+#: hence 1 KiB of slack); a member claiming more than that is not real.
 _MAX_DEFLATE_RATIO = 1032
 _HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
