@@ -410,4 +410,4 @@ def test_memory_estimate_bounds_the_measured_peak():
                          capture_output=True, text=True, timeout=120, check=True)
     measured, estimate = map(int, run.stdout.split())
     assert measured > 16 * 2 * 4 * d * d * 0.9  # the fit did allocate its AdamW state
-    assert measured <= estimate <= 2 * measured
+    assert measured <= estimate <= 2.5 * measured

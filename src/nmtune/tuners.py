@@ -533,17 +533,17 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 def _fit_memory_bytes(estimator: MLPProbe, n_views: int, n: int, d: int, n_classes: int) -> int:
     """Bytes of float32 a :class:`MLPProbe` / :class:`NMTuneClassifier` fit allocates at peak.
 
-    The r·D hidden layer dominates: its 2·r·D² weights are held six times over (values,
-    gradients, AdamW's two moments, and its step's temporaries such as the moments' square
-    root, measured as two more copies of peak RSS on CPU), seven with ``validation`` (the best
-    epoch's copy).
+    The r·D hidden layer dominates: its 2·r·D² weights are counted eight times: values,
+    gradients, AdamW's two moments, and the step's temporaries (the moment's square root and
+    its quotient) with the allocator's slack, which together measured 5.3-7.2 copies of peak
+    RSS on CPU (D = 1024); nine with ``validation`` (the best epoch's copy).
     Then the V×N×D training tensor, the D×D covariance of every step (computed for MLPProbe
     too, for the logged terms) with its square and gradient, and the activations of one
     step (two views of a batch) or of one evaluation chunk, whichever is larger.
     """
     hidden = estimator.hidden_ratio * d
     params = 2 * d * hidden + 5 * hidden + 2 * d + (d + 1) * n_classes
-    copies = 6 + (estimator.validation is not None)
+    copies = 8 + (estimator.validation is not None)
     step_rows = 2 * min(2 * estimator.batch_size, n)  # a last 1-row batch joins the one before
     # Per row: Linear, BatchNorm and ReLU outputs and their gradients (r·D each), ~10 D-wide.
     activations = max(step_rows, min(n, _PREDICT_CHUNK)) * (6 * hidden + 10 * d)
