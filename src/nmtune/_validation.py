@@ -88,8 +88,8 @@ def as_class_labels(y, name: str = "labels") -> np.ndarray:
         fractional = y[y != np.round(y)]
         if fractional.size:
             raise NMTuneError(
-                f"{name} are continuous labels (e.g. {fractional[0]:g}); a classifier needs "
-                "class labels: integers or strings"
+                f"{name} are continuous (e.g. {fractional[0]:g}); a classifier needs class "
+                "labels (integers or strings), not continuous labels"
             )
         return y.astype(np.int64)
     if y.dtype.kind not in _LABEL_KINDS:
