@@ -101,3 +101,89 @@ def test_unknown_method_is_an_argparse_error(capsys, files):
         _run(capsys, "--train", files["train"], "--test", f"id={files['id']}", "--method", "svm")
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ every file checked first
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """Small feature files, each wrong in one way; names map to (features, labels)."""
+    root = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 4)), np.arange(12) % 3
+    cases = {
+        "train": (X, y),
+        "short_labels": (X, y[:9]),
+        "views_wrong_rows": (np.stack([X, X])[:, :10], y),
+        "nan_labels": (X, np.where(np.arange(12) == 3, np.nan, y)),
+        "labels_2d": (X, np.stack([y, y], axis=1)),
+        "continuous": (X, y + 0.25),
+        "string_labels": (X, np.array(list("abcabcabcabc"))),
+        "nan_features": (np.where(X > 1, np.nan, X), y),
+        "one_d": (X[:, 0], y),
+        "whole_floats": (X, y.astype(np.float64)),
+    }
+    paths = {}
+    for name, (features, labels) in cases.items():
+        paths[name] = root / f"{name}.npz"
+        save_feature_file(paths[name], features, labels)
+    return paths
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Fail any fit: every check must happen before training starts."""
+    from nmtune import tuners
+
+    def fit(self, X, y):
+        raise AssertionError("fit was reached")
+
+    monkeypatch.setattr(tuners.LinearProbe, "fit", fit)
+
+
+@pytest.mark.parametrize(
+    "test,message",
+    [
+        ("short_labels", "12 samples but 9 labels"),
+        ("views_wrong_rows", "10 samples but 12 labels"),
+        ("nan_labels", "NaN"),
+        ("labels_2d", "labels must be 1-D"),
+        ("continuous", "continuous labels"),
+        ("string_labels", "strings, but the training labels are integers"),
+        ("nan_features", "NaN"),
+    ],
+)
+def test_every_test_file_is_checked_before_fitting(capsys, bad_files, no_fit, test, message):
+    code, out, err = _run(capsys, "--train", bad_files["train"], "--test",
+                          f"id={bad_files['train']}", "--test", f"bad={bad_files[test]}",
+                          "--method", "lp")
+    assert code == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert str(bad_files[test]) in err  # names the file at fault
+
+
+@pytest.mark.parametrize(
+    "train,message",
+    [
+        ("continuous", "continuous labels"),
+        ("one_d", "features must be 2-D or 3-D (N×D or V×N×D), got shape (12,)"),
+        ("nan_labels", "NaN"),
+    ],
+)
+def test_training_file_is_checked_with_an_accurate_message(capsys, bad_files, no_fit, train,
+                                                           message):
+    code, out, err = _run(capsys, "--train", bad_files[train], "--test",
+                          f"id={bad_files['train']}", "--method", "lp")
+    assert code == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert str(bad_files[train]) in err
+
+
+def test_whole_number_float_labels_are_read_as_integers(capsys, bad_files):
+    argv = ["--test", f"id={bad_files['train']}", "--method", "lp", "--json"]
+    code, out, err = _run(capsys, "--train", bad_files["whole_floats"], *argv)
+    assert code == 0, err
+    as_floats = json.loads(out)["tests"]["id"]["accuracy"]
+    assert json.loads(_run(capsys, "--train", bad_files["train"], *argv)[1])["tests"]["id"][
+        "accuracy"] == as_floats

@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from nmtune import _io
 from nmtune._io import load_feature_file
 from nmtune._validation import NMTuneError
 from nmtune.backbones import CallableBackbone, TorchBackbone
@@ -335,6 +337,101 @@ def test_save_round_trip_and_default_cache_dir(digits, backbone, tmp_path, monke
     assert meta["cache_key"] == fs.meta["cache_key"] and meta["backbone"] == "linear"
     manifest = json.loads((tmp_path / "cache" / fs.meta["cache_key"] / "manifest.json").read_text())
     assert manifest["shape"] == [100, 5]
+
+
+# -- an unusable cache ------------------------------------------------------------------------
+
+
+def _cache_is_a_file(tmp_path, monkeypatch, key):
+    (tmp_path / "cache").write_text("not a directory")
+    monkeypatch.setenv("NMTUNE_CACHE", str(tmp_path / "cache"))
+    return None  # the default cache dir, from the environment
+
+
+def _entry_is_a_file(tmp_path, monkeypatch, key):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / key).write_text("not a directory")
+    return tmp_path / "cache"
+
+
+def _unwritable(tmp_path, monkeypatch, key):
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(0o555)
+    # chmod does not bind root (tests may run as root): refuse files there as the kernel would.
+    real = _io.tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and (Path(dir) == root or root in Path(dir).parents):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(_io.tempfile, "mkstemp", mkstemp)
+    return root
+
+
+def _disk_full_mid_run(tmp_path, monkeypatch, key):
+    from nmtune import features
+
+    real = features._Entry.write_shard
+
+    def write_shard(self, index, *args):
+        if index == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, index, *args)
+
+    monkeypatch.setattr(features._Entry, "write_shard", write_shard)
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("views", [1, 2])
+@pytest.mark.parametrize(
+    "make", [_cache_is_a_file, _entry_is_a_file, _unwritable, _disk_full_mid_run],
+    ids=["cache-is-a-file", "entry-is-a-file", "unwritable", "disk-full-mid-run"],
+)
+def test_unusable_cache_falls_back_with_a_warning_and_correct_features(
+    digits, backbone, tmp_path, monkeypatch, make, views
+):
+    data = digits.subset(600, seed=0)
+    direct = extract(backbone, data, views=views, cache_dir=False, progress=False)
+    cache_dir = make(tmp_path, monkeypatch, direct.meta["cache_key"])
+    with pytest.warns(CacheWarning, match="cannot be used.*extracting without it"):
+        fs = extract(backbone, data, views=views, cache_dir=cache_dir, shard_rows=128,
+                     progress=False)
+    assert fs.meta["cache"] == "off"
+    assert fs.features.shape == direct.features.shape
+    np.testing.assert_array_equal(np.asarray(fs.features), direct.features)
+
+
+def test_a_backbone_oserror_is_not_taken_for_an_unusable_cache(digits, backbone, tmp_path):
+    class Offline(Counting):
+        def embed(self, batch):
+            raise ConnectionError("embeddings server went away")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no CacheWarning, no silent second extraction
+        with pytest.raises(ConnectionError, match="went away"):
+            extract(Offline(backbone), digits, cache_dir=tmp_path, progress=False)
+
+
+def test_cli_extract_with_the_cache_pointing_at_a_file(digits, tmp_path, monkeypatch, capsys):
+    import nmtune.data
+    from nmtune import cli
+
+    monkeypatch.setattr(nmtune.data, "load_dataset",
+                        lambda name, split, limit=None, seed=0: digits.subset(limit, seed),
+                        raising=False)
+    monkeypatch.setattr(cli, "COMMANDS", ("extract",))
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("NMTUNE_CACHE", str(tmp_path / "cache"))
+    argv = ["extract", "--backbone", "cnn4", "--backbone-arg", "width=4", "--dataset",
+            "digits", "--split", "train", "--limit", "60", "--out"]
+    with pytest.warns(CacheWarning, match="cannot be used"):
+        assert cli.main([*argv, str(tmp_path / "a.npz")]) == 0
+    assert "cache off" in capsys.readouterr().out
+    assert cli.main([*argv, str(tmp_path / "b.npz"), "--no-cache"]) == 0
+    a, b = (load_feature_file(tmp_path / name)[0] for name in ("a.npz", "b.npz"))
+    np.testing.assert_array_equal(a, b)
 
 
 # -- CLI ------------------------------------------------------------------------------------

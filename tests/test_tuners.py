@@ -1,6 +1,7 @@
 """Tuners against independent references: scikit-learn, numpy forward passes, hand-rolled loops."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -347,3 +348,73 @@ def test_train_step_takes_the_step_of_the_hand_composed_loss():
                                rtol=1e-5)
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), atol=1e-6)
+
+
+# ------------------------------------------------------------------ memory a fit needs
+
+
+@pytest.mark.parametrize("cls", [MLPProbe, NMTuneClassifier])
+def test_a_fit_too_big_for_memory_is_refused_before_allocating(cls, monkeypatch):
+    # 10 × 100,000 features: the 4·D hidden layer alone holds 4e10 weights (160 GB of float32).
+    monkeypatch.delenv("NMTUNE_MEMORY_LIMIT", raising=False)
+    X, y = np.zeros((10, 100_000), dtype=np.float32), np.arange(10) % 2
+    X[:, 0] = y
+    with pytest.raises(NMTuneError) as info:
+        cls(device="cpu").fit(X, y)
+    message = str(info.value)
+    assert "hidden_ratio" in message and "PCA" in message and "device" in message
+    assert "TiB" in message  # parameters, gradients and AdamW moments: over a terabyte
+
+
+def test_memory_limit_is_overridable_and_uses_the_estimate(monkeypatch):
+    from nmtune.tuners import _fit_memory_bytes
+
+    X, y = _standardised_blobs(n=60, d=40)
+    est = NMTuneClassifier(epochs=1, device="cpu", random_state=0)
+    needed = _fit_memory_bytes(est, 1, 60, 40, 4)
+    monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", str(needed - 1))
+    with pytest.raises(NMTuneError, match="NMTUNE_MEMORY_LIMIT"):
+        est.fit(X, y)
+    monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", str(needed))
+    assert est.fit(X, y).score(X, y) > 0.25
+    monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", "none")
+    est.fit(X, y)
+    monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", "1.5k")  # suffixes are binary: 1536 bytes
+    with pytest.raises(NMTuneError, match=r"the limit is 1\.5 KiB \(NMTUNE_MEMORY_LIMIT\)"):
+        est.fit(X, y)
+    monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", "lots")
+    with pytest.raises(NMTuneError, match="NMTUNE_MEMORY_LIMIT must be"):
+        est.fit(X, y)
+
+
+_PEAK_SCRIPT = """
+import numpy as np, torch
+torch.set_num_threads(1)
+from nmtune.tuners import NMTuneClassifier, _fit_memory_bytes
+
+def status(field):  # kB in /proc/self/status; VmHWM (peak) is per process image, not inherited
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+X = np.random.default_rng(0).normal(size=(128, {d})).astype(np.float32)
+y = np.arange(128) % 4
+NMTuneClassifier(epochs=1, device="cpu").fit(X[:, :8], y)  # load kernels and thread pools
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
+before = status("VmRSS")
+est = NMTuneClassifier(epochs=1, device="cpu", random_state=0).fit(X, y)
+print(status("VmHWM") - before, _fit_memory_bytes(est, 1, 128, {d}, 4))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc needed")
+def test_memory_estimate_bounds_the_measured_peak():
+    """The estimate covers the peak RSS growth of a real fit, and is not wildly above it."""
+    import subprocess
+    import sys
+
+    d = 1024  # the 4·D hidden layer: 8.4 M weights, 134 MB with gradients and AdamW state
+    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT.format(d=d)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    measured, estimate = map(int, run.stdout.split())
+    assert measured > 16 * 2 * 4 * d * d * 0.9  # the fit did allocate its AdamW state
+    assert measured <= estimate <= 2.5 * measured

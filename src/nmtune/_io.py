@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ._validation import NMTuneError
+from ._validation import NMTuneError, available_memory, check_memory, format_bytes
 
 
 @contextlib.contextmanager
@@ -59,7 +61,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def save_feature_file(path, features: np.ndarray, labels: np.ndarray, meta: dict | None = None):
-    """Write ``features`` (N×D or V×N×D), ``labels`` (N) and JSON ``meta`` to ``path`` atomically."""
+    """Write ``features`` (N×D or V×N×D), ``labels`` (N), JSON ``meta`` atomically to ``path``."""
     path = Path(path)
     if path.suffix != ".npz":
         raise NMTuneError(f"feature file must end in .npz, got {path}")
@@ -70,21 +72,82 @@ def save_feature_file(path, features: np.ndarray, labels: np.ndarray, meta: dict
 
 
 def load_feature_file(path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Read a feature file written by :func:`save_feature_file` (or any npz with the two keys)."""
+    """Read a feature file written by :func:`save_feature_file` (or any npz with the two keys).
+
+    Every array's npy header is checked against the bytes the archive holds for it, and its
+    size against the memory limit, before the array is allocated: a truncated, corrupted or
+    hostile file is an :class:`NMTuneError` naming the problem, never a huge allocation.
+    """
     path = Path(path)
     if not path.is_file():
         raise NMTuneError(f"feature file not found: {path}")
+    with open(path, "rb") as fh:
+        if fh.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
+            raise NMTuneError(
+                f"{path} is a single .npy array, not an .npz feature file; write features and "
+                "labels together, e.g. np.savez(path, features=X, labels=y)"
+            )
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"features", "labels"} - set(npz.files)
-            if missing:
-                raise NMTuneError(
-                    f"{path} lacks {sorted(missing)}; a feature file holds 'features' "
-                    f"(N×D or V×N×D) and 'labels' (N)"
-                )
-            meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
-            return npz["features"], npz["labels"], meta
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, NMTuneError):
-            raise
-        raise NMTuneError(f"{path} is not a readable .npz file: {exc}") from None
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise NMTuneError(f"{path} is truncated or not a zip (.npz) archive: {exc}") from None
+    with archive:
+        # np.savez names members "<key>.npy"; np.load accepts either form.
+        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+        missing = {"features", "labels"} - set(members)
+        if missing:
+            raise NMTuneError(
+                f"{path} lacks {sorted(missing)}; a feature file holds 'features' "
+                f"(N×D or V×N×D) and 'labels' (N)"
+            )
+        try:
+            features, labels, meta = (
+                _read_member(archive, members[key], path) if key in members else "{}"
+                for key in ("features", "labels", "meta")
+            )
+            meta = json.loads(str(meta))
+        except zipfile.BadZipFile as exc:
+            raise NMTuneError(f"{path} is corrupted: {exc}") from None
+        except (OSError, ValueError, EOFError) as exc:
+            if isinstance(exc, NMTuneError):
+                raise
+            raise NMTuneError(f"{path} is not a readable .npz file: {exc}") from None
+    return features, labels, meta
+
+
+#: Deflate cannot expand data by much more than 1032:1 (plus a few bytes of block overhead,
+#: hence 1 KiB of slack); a member claiming more than that is not real.
+_MAX_DEFLATE_RATIO = 1032
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """One npy member of an npz, its header checked against its stored size before reading."""
+    name = info.filename
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in _HEADER_READERS:
+            raise NMTuneError(f"{path}: {name} has npy format version {version}, not 1.0 or 2.0")
+        shape, _, dtype = _HEADER_READERS[version](fh)
+        if dtype.hasobject:
+            raise NMTuneError(
+                f"{path}: {name} has dtype object, which would need pickle; feature files hold "
+                "numeric features and numeric or string labels"
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        stored = info.file_size - fh.tell()
+        if nbytes != stored or info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            raise NMTuneError(
+                f"{path}: {name} claims shape {shape} of {dtype} ({format_bytes(nbytes)}) but "
+                f"the archive holds {format_bytes(min(stored, info.compress_size))} for it; "
+                "the file is damaged or was not written by numpy"
+            )
+        check_memory(nbytes, f"reading {name} of {path}", "use a smaller feature file",
+                     available_memory())
+        fh.seek(0)
+        array = np.lib.format.read_array(fh, allow_pickle=False)
+        fh.read()  # to the member's end, where zipfile verifies its CRC-32
+    return array

@@ -14,7 +14,9 @@ The key is the sha256 of everything that changes the result: the backbone's iden
 weights hash included), the dataset fingerprint, the number of views, the augmentation and its
 seed, the stored dtype, the cache format version and the nmtune version. An interrupted run
 resumes from its finished shards; a shard or final file whose sha256 does not match is
-reported with a :class:`CacheWarning` and recomputed; a hit is read memory-mapped.
+reported with a :class:`CacheWarning` and recomputed; a hit is read memory-mapped. A cache
+that cannot be written (a file where its directory should be, no permission, a full disk) is
+reported with a :class:`CacheWarning` and the features are extracted without it.
 
 Augmentation is seeded per (seed, view, row), so results do not depend on ``batch_size``,
 on the shard size or on which shards a resumed run recomputed.
@@ -22,9 +24,11 @@ on the shard size or on which shards a resumed run recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -51,7 +55,22 @@ _DTYPES = ("float32", "float16")
 
 
 class CacheWarning(UserWarning):
-    """A cache entry was corrupted or tampered with and is being rebuilt."""
+    """A cache entry was corrupted or tampered with and is being rebuilt, or the cache cannot be
+    written and features are extracted without it."""
+
+
+class _CacheUnusable(Exception):
+    """Reading or writing the cache entry failed; carries the OSError's message."""
+
+
+@contextlib.contextmanager
+def _cache_io():
+    """Turn the OSError of a cache operation into :class:`_CacheUnusable`, so that a backbone's
+    own OSError (a black-box client's ConnectionError, say) is never mistaken for it."""
+    try:
+        yield
+    except OSError as exc:
+        raise _CacheUnusable(str(exc)) from exc
 
 
 @dataclass
@@ -260,10 +279,18 @@ class _Entry:
             return None
         if not self.final.is_file() or sha256_file(self.final) != manifest.get("sha256"):
             self._warn("features.npy is missing or its sha256 does not match the manifest")
-            self.manifest.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only cache: the rebuild falls back
+                self.manifest.unlink(missing_ok=True)
             return None
         features = np.load(self.final, mmap_mode="r")
         return features, manifest
+
+    def check_writable(self) -> None:
+        """Raise OSError now, before any extraction work, if this entry cannot be written."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=self.dir, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
 
     def finished_shards(self, layout: dict) -> dict[int, str]:
         """Shards recorded as done for this ``layout`` whose files still match their sha256."""
@@ -442,10 +469,19 @@ def extract(
         total=total, desc=f"extract {backbone.name}", unit="row", disable=not progress, delay=2.0
     ) as bar:
         embedder = _Embedder(backbone, dataset, views, augment_fn, seed, batch_size, dtype, bar)
-        if entry is None:
-            features, status = _extract_uncached(embedder, shard_rows), "off"
-        else:
-            features, status = _extract_cached(entry, embedder, shard_rows, meta, started)
+        features, status = None, "off"
+        if entry is not None:
+            try:
+                features, status = _extract_cached(entry, embedder, shard_rows, meta, started)
+            except _CacheUnusable as exc:
+                warnings.warn(
+                    f"feature cache {entry.dir} cannot be used ({exc}); extracting without it",
+                    CacheWarning,
+                    stacklevel=2,
+                )
+                bar.reset()
+        if features is None:
+            features = _extract_uncached(embedder, shard_rows)
     if views == 1 and features.ndim == 3:
         features = features[0]
     elapsed = time.perf_counter() - started
@@ -486,7 +522,9 @@ def _extract_uncached(embedder: _Embedder, shard_rows: int) -> np.ndarray:
 def _extract_cached(entry: _Entry, embedder: _Embedder, shard_rows: int, meta: dict, started):
     n = len(embedder.dataset)
     layout = {"n": n, "views": embedder.views, "dtype": embedder.dtype, "shard_rows": shard_rows}
-    done = entry.finished_shards(layout)
+    with _cache_io():
+        entry.check_writable()
+        done = entry.finished_shards(layout)
     resumed = bool(done)
     n_shards = -(-n // shard_rows)
     embedder.bar.update(sum(_rows(i, shard_rows, n) for i in done) * embedder.views)
@@ -495,13 +533,15 @@ def _extract_cached(entry: _Entry, embedder: _Embedder, shard_rows: int, meta: d
             continue
         start = index * shard_rows
         block = embedder.block(start, start + _rows(index, shard_rows, n))
-        entry.write_shard(index, block, done, layout)
-    first = np.load(entry.shard(0), mmap_mode="r")
-    dim = first.shape[2]
-    shape = (n, dim) if embedder.views == 1 else (embedder.views, n, dim)
-    seconds = {"embed": embedder.embed_seconds, "total": time.perf_counter() - started}
-    manifest = {"shape": list(shape), "dtype": embedder.dtype, "meta": {**meta, "seconds": seconds}}
-    features = entry.consolidate(n_shards, shape, embedder.dtype, manifest)
+        with _cache_io():
+            entry.write_shard(index, block, done, layout)
+    with _cache_io():
+        dim = np.load(entry.shard(0), mmap_mode="r").shape[2]
+        shape = (n, dim) if embedder.views == 1 else (embedder.views, n, dim)
+        seconds = {"embed": embedder.embed_seconds, "total": time.perf_counter() - started}
+        manifest = {"shape": list(shape), "dtype": embedder.dtype,
+                    "meta": {**meta, "seconds": seconds}}
+        features = entry.consolidate(n_shards, shape, embedder.dtype, manifest)
     return features, "resumed" if resumed else "miss"
 
 

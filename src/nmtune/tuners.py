@@ -35,7 +35,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._torch import autocast, resolve_device, tune_cpu_allocator
-from ._validation import NMTuneError, as_float_array, as_label_array, check_same_length
+from ._validation import (
+    NMTuneError,
+    as_float_array,
+    as_label_array,
+    available_memory,
+    check_memory,
+    check_same_length,
+)
 from .objective import AUTHOR_WEIGHTS, consistency_mse, covariance_penalty, top_singular_ratio
 
 __all__ = ["LinearProbe", "MLPProbe", "NMTuneClassifier", "ResidualMLP", "train_step"]
@@ -551,6 +558,43 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return list(zip(starts, [*starts[1:], n], strict=True))
 
 
+def _fit_memory_bytes(estimator: MLPProbe, n_views: int, n: int, d: int, n_classes: int) -> int:
+    """Bytes of float32 a :class:`MLPProbe` / :class:`NMTuneClassifier` fit allocates at peak.
+
+    The r·D hidden layer dominates: its 2·r·D² weights are counted eight times: values,
+    gradients, AdamW's two moments, and the step's temporaries (the moment's square root and
+    its quotient) with the allocator's slack, which together measured 5.3-7.2 copies of peak
+    RSS on CPU (D = 1024); nine with ``validation`` (the best epoch's copy).
+    Then the V×N×D training tensor, the D×D covariance of every step (computed for MLPProbe
+    too, for the logged terms) with its square and gradient, and the activations of one
+    step (two views of a batch) or of one evaluation chunk, whichever is larger.
+    """
+    hidden = estimator.hidden_ratio * d
+    params = 2 * d * hidden + 5 * hidden + 2 * d + (d + 1) * n_classes
+    copies = 8 + (estimator.validation is not None)
+    step_rows = 2 * min(2 * estimator.batch_size, n)  # a last 1-row batch joins the one before
+    # Per row: Linear, BatchNorm and ReLU outputs and their gradients (r·D each), ~10 D-wide.
+    activations = max(step_rows, min(n, _PREDICT_CHUNK)) * (6 * hidden + 10 * d)
+    return 4 * (copies * params + n_views * n * d + 3 * d * d + activations)
+
+
+def _check_fit_memory(estimator: MLPProbe, shape: tuple[int, int, int], n_classes: int) -> None:
+    """Refuse, before allocating anything, a fit that cannot fit in the device's memory."""
+    device = estimator.device_
+    available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda"
+                 else available_memory())
+    n_views, n, d = shape
+    check_memory(
+        _fit_memory_bytes(estimator, n_views, n, d, n_classes),
+        f"fitting {type(estimator).__name__} on {n_views}×{n}×{d} features with "
+        f"hidden_ratio={estimator.hidden_ratio} (a {estimator.hidden_ratio * d}-wide hidden "
+        f"layer) on {device}",
+        "lower hidden_ratio, project the features to fewer dimensions first (e.g. "
+        "sklearn.decomposition.PCA), or pass a device with more memory (device='cuda')",
+        available,
+    )
+
+
 class MLPProbe(_FeatureClassifier):
     """MLP probe: :class:`ResidualMLP` and its head trained with cross-entropy alone.
 
@@ -654,6 +698,7 @@ class MLPProbe(_FeatureClassifier):
         views, self.classes_, y_index = _check_fit_data(X, y)
         self.n_features_in_ = views.shape[2]
         self.device_ = resolve_device(self.device)
+        _check_fit_memory(self, views.shape, self.classes_.size)
         if self.device_.type == "cpu":
             tune_cpu_allocator()
         self.mean_ = self.scale_ = None

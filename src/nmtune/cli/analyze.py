@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise NMTuneError(f"--top must be >= 0, got {args.top}")
-    features = as_float_array(load_feature_file(args.features)[0], ndim=(2, 3))
+    features = as_float_array(
+        load_feature_file(args.features)[0], f"{args.features}: features", ndim=(2, 3)
+    )
     views = features.shape[0] if features.ndim == 3 else 1
     if features.ndim == 3:
         print(f"note: {args.features} holds {views} views; analysing view 0", file=sys.stderr)

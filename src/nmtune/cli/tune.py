@@ -59,21 +59,33 @@ def _estimator(args: argparse.Namespace):
     return getattr(tuners, METHODS[args.method])(**params)
 
 
-def run(args: argparse.Namespace) -> int:
+def _load(path: str, role: str):
+    """Features and class labels of one file, checked as a whole (see ``check_feature_set``)."""
     from .._io import load_feature_file
-    from .._validation import NMTuneError
+    from .._validation import check_feature_set
+
+    return check_feature_set(*load_feature_file(path)[:2], f"{role} {path}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._validation import NMTuneError, label_kind
     from ..results import chance_level
 
     estimator = _estimator(args)
-    X_train, y_train, _ = load_feature_file(args.train)
-    # Read every test file before fitting, so a bad path fails in a second, not after training.
-    tests = {name: (path, *load_feature_file(path)[:2])
+    X_train, y_train = _load(args.train, "--train")
+    # Check every test file before fitting, so a bad one fails in a second, not after training.
+    tests = {name: (path, *_load(path, f"test {name!r}"))
              for name, path in _parse_tests(args.test).items()}
-    for name, (_, X_test, _) in tests.items():
-        if X_test.shape[-1:] != X_train.shape[-1:]:
+    for name, (path, X_test, y_test) in tests.items():
+        if X_test.shape[-1] != X_train.shape[-1]:
             raise NMTuneError(
-                f"test {name!r} has features of width {X_test.shape[-1]} but {args.train} has "
-                f"{X_train.shape[-1]}; they must come from the same backbone"
+                f"test {name!r} {path} has features of width {X_test.shape[-1]} but "
+                f"{args.train} has {X_train.shape[-1]}; they must come from the same backbone"
+            )
+        if label_kind(y_test) != label_kind(y_train):
+            raise NMTuneError(
+                f"test {name!r} {path}: labels are {label_kind(y_test)}, but the training "
+                f"labels are {label_kind(y_train)}"
             )
 
     start = time.perf_counter()
