@@ -9,18 +9,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .efficientnet import FEATURE_DIM
-
 
 class EfficientNetFeatures(nn.Module):
     """EfficientNet trunk + global average pool, no classifier: (B, 3, S, S) -> (B, 1280)."""
 
     in_channels = 3
-    out_dim = FEATURE_DIM
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        self.out_dim = net._fc.in_features  # the width the classifier reads
         del self.net._fc  # unused here; keeping it would make the state_dict carry a dead head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

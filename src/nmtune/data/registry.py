@@ -2,8 +2,9 @@
 
 Each source registers itself in its own module: the packaged datasets in :mod:`.sources`
 (:func:`register_dataset`), the user formats ``folder:``, ``csv:`` and ``jsonl:`` in
-:mod:`.files` (:func:`register_file_source`); the shifts in :mod:`.shifts` state their own
-effect on a card. This module imports none of them and no torch, so cards cost no data load.
+:mod:`.files` (:func:`register_file_source`). Each shift in :mod:`.shifts` states its own
+effect on an image's shape. This module imports no source and no torch, so a card costs no
+data load.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .._validation import NMTuneError
 from .base import Dataset
-from .shifts import apply_shift, is_shift, parse_shift, shifted_card
+from .shifts import apply_shift, is_shift, parse_shift
 
 __all__ = [
     "DatasetCard",
@@ -173,7 +174,7 @@ def dataset_card(name: str) -> DatasetCard:
     else:
         card = _card_from_data(base)
     if shift_specs:
-        card = shifted_card(card, shift_specs)
+        card = _shifted_card(card, shift_specs)
     return card
 
 
@@ -292,4 +293,19 @@ def _card_from_data(base: str) -> DatasetCard:
         input_shape=tuple(first.inputs.shape[1:]) if first.modality == "image" else None,
         source=path,
         licence="the user's",
+    )
+
+
+def _shifted_card(card: DatasetCard, specs: list[str]) -> DatasetCard:
+    """The card of ``card``'s dataset under the shifts ``specs``: each states its own effect."""
+    if card.modality != "image":
+        raise NMTuneError(f"shifts apply to image datasets; {card.name} is {card.modality}")
+    shape = card.input_shape
+    for spec in specs:
+        shape = parse_shift(spec)[0].output_shape(shape)
+    return dataclasses.replace(
+        card,
+        name=f"{card.name}~{'~'.join(specs)}",
+        description=f"{card.description}; shifted: {', '.join(specs)}",
+        input_shape=shape,
     )

@@ -11,14 +11,14 @@ followed by its integer parameter where it has one::
 
 Every shift is a pure function of the images and, for the random ones, a seed; the derived
 dataset gets the name ``BASE~SHIFT`` and a fingerprint derived from the base's, the shift
-and (for random shifts) the seed. Each :class:`Shift` also states its effect on a dataset's
-card (:func:`shifted_card`). This module loads without torch; the image work is done by
-:mod:`.transforms`, vectorised in torch, in chunks to bound memory.
+and (for random shifts) the seed. Each :class:`Shift` also states its effect on the shape of
+an image (:meth:`Shift.output_shape`), which dataset cards use. This module loads without
+torch; the image work is done by :mod:`.transforms`, vectorised in torch, in chunks to bound
+memory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from collections.abc import Callable
@@ -33,8 +33,6 @@ from .base import Dataset, _digest
 
 if TYPE_CHECKING:
     import torch
-
-    from .registry import DatasetCard
 
 #: Images per chunk: bounds the memory of the elastic/rotation grids on 50k-image splits.
 _CHUNK = 4096
@@ -71,7 +69,7 @@ class Shift:
         ``apply(transforms, images, value, generator) -> images`` on (N, C, H, W) tensors;
         :mod:`.transforms` is passed in, so this table loads without torch.
     reshape : callable or None
-        ``reshape((C, H, W)) -> (C, H, W)``: the shape of one output image, for cards;
+        ``reshape((C, H, W)) -> (C, H, W)``: the shape of one output image, for dataset cards;
         ``None`` when the shape is unchanged.
     """
 
@@ -233,19 +231,4 @@ def apply_shift(dataset: Dataset, spec: str, seed: int = 0) -> Dataset:
         modality="image",
         fingerprint=_digest(dataset.fingerprint, "shift", spec, seed if shift.random else ""),
         info={**dataset.info, "shifts": [*dataset.info.get("shifts", []), spec]},
-    )
-
-
-def shifted_card(card: DatasetCard, specs: list[str]) -> DatasetCard:
-    """The card of ``card``'s dataset under the shifts ``specs``, applied left to right."""
-    if card.modality != "image":
-        raise NMTuneError(f"shifts apply to image datasets; {card.name} is {card.modality}")
-    shape = card.input_shape
-    for spec in specs:
-        shape = parse_shift(spec)[0].output_shape(shape)
-    return dataclasses.replace(
-        card,
-        name=f"{card.name}~{'~'.join(specs)}",
-        description=f"{card.description}; shifted: {', '.join(specs)}",
-        input_shape=shape,
     )
