@@ -34,17 +34,19 @@ def import_extra(module: str):
         raise NMTuneError(f"this backbone needs {module}: {EXTRAS[module]}") from None
 
 
+def _hub_family(family: str, module: str, modality: str, description: str):
+    """Register an adapter as the family ``FAMILY:NAME``, available once ``module`` is."""
+    return register_backbone(
+        f"{family}:", modality=modality, requires=(module,), install=EXTRAS[module],
+        description=description,
+    )
+
+
 def _hub_error(library: str, name: str, exc: Exception) -> NMTuneError:
     return NMTuneError(f"{library} could not create {name!r}: {exc}")
 
 
-@register_backbone(
-    "timm:",
-    modality="image",
-    requires=("timm",),
-    install=EXTRAS["timm"],
-    description="timm image models, classifier removed (pooled features)",
-)
+@_hub_family("timm", "timm", "image", "timm image models, classifier removed (pooled features)")
 def create_timm(model_name: str, pretrained: bool = True) -> TorchBackbone:
     """A timm image model without its classifier (``num_classes=0``): pooled features.
 
@@ -79,13 +81,7 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@register_backbone(
-    "open_clip:",
-    modality="image",
-    requires=("open_clip",),
-    install=EXTRAS["open_clip"],
-    description="open_clip image encoders: ARCH or ARCH:TAG",
-)
+@_hub_family("open_clip", "open_clip", "image", "open_clip image encoders: ARCH or ARCH:TAG")
 def create_open_clip(spec: str, pretrained: str | None = None) -> TorchBackbone:
     """The image encoder of an open_clip model, e.g. ``"ViT-B-32:laion2b_s34b_b79k"``.
 
@@ -141,13 +137,7 @@ class Tokenize:
         return dict(encoded)
 
 
-@register_backbone(
-    "hf:",
-    modality="text",
-    requires=("transformers",),
-    install=EXTRAS["transformers"],
-    description="transformers text encoders, mean-pooled",
-)
+@_hub_family("hf", "transformers", "text", "transformers text encoders, mean-pooled")
 def create_hf(model_name: str, max_length: int = 256) -> TorchBackbone:
     """A transformers text encoder (``AutoModel``), mean-pooled over non-padding tokens.
 
