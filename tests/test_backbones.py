@@ -1,6 +1,7 @@
 """Backbone registry, TorchBackbone, packaged models and hub adapters (with fake libraries)."""
 
 import importlib.util
+import inspect
 import json
 import sys
 import types
@@ -19,6 +20,7 @@ from nmtune.backbones import (
     get_spec,
     list_backbones,
     register_backbone,
+    unregister_backbone,
 )
 
 RNG = np.random.default_rng(0)
@@ -49,6 +51,61 @@ def test_every_installed_backbone_embeds(spec):
     again = create_backbone(spec.name, **kwargs)
     assert again.identity() == backbone.identity()
     np.testing.assert_array_equal(first, again.embed(batch))
+
+
+@pytest.mark.parametrize("spec", list_backbones(), ids=lambda spec: spec.name)
+def test_every_card_fits_its_factory(spec):
+    """Each registered entry's card, checked against its factory's signature (nothing built)."""
+    assert spec.modality in ("image", "text") and spec.description
+    assert not spec.requires or spec.install.startswith("pip install")
+    params = list(inspect.signature(spec.factory).parameters.values())
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p.name for p in params if p.default is p.empty and p.kind not in variadic]
+    if spec.is_family:
+        # A family's factory takes the model name first; the width depends on the model.
+        assert required == [params[0].name]
+        assert spec.feature_dim is None
+        assert get_spec(f"{spec.name}some-model") is spec
+    else:
+        assert required == [], "a named backbone must build with its defaults"
+        assert isinstance(spec.feature_dim, int) and spec.feature_dim > 0
+        assert get_spec(spec.name) is spec
+
+
+def _mean_and_max(batch):
+    return np.stack([batch.mean(axis=(1, 2, 3)), batch.max(axis=(1, 2, 3))], axis=1)
+
+
+@pytest.fixture
+def toy_backbone():
+    """A backbone registered for one test and unregistered after it."""
+    name = "toy-mean-max"
+
+    @register_backbone(name, modality="image", feature_dim=2, description="mean and max pixel")
+    def _factory(scale: float = 1.0):
+        return CallableBackbone(
+            lambda batch: scale * _mean_and_max(batch), name=name, identity=f"toy:{scale}",
+            modality="image",
+        )
+
+    yield name
+    assert unregister_backbone(name).factory is _factory
+    assert name not in {spec.name for spec in list_backbones()}
+
+
+def test_registered_backbone_builds_lists_and_unregisters(toy_backbone, monkeypatch, capsys):
+    from nmtune import cli
+
+    backbone = create_backbone(toy_backbone, scale=2.0)
+    np.testing.assert_allclose(backbone.embed(IMAGES), 2.0 * _mean_and_max(IMAGES), rtol=1e-6)
+    with pytest.raises(NMTuneError, match="bad arguments"):
+        create_backbone(toy_backbone, width=3)
+    monkeypatch.setattr(cli, "COMMANDS", ("backbones",))
+    assert cli.main(["backbones", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[toy_backbone]["feature_dim"] == 2 and rows[toy_backbone]["installed"]
+    with pytest.raises(NMTuneError, match="not registered"):
+        unregister_backbone("no-such-backbone")
 
 
 def test_registry_errors_name_the_problem():

@@ -14,12 +14,16 @@ import pytest
 from nmtune._validation import NMTuneError
 from nmtune.cli import datasets as datasets_cli
 from nmtune.data import (
+    DatasetCard,
     dataset_card,
     from_arrays,
     list_datasets,
     load_dataset,
+    register_dataset,
     sources,
+    unregister_dataset,
 )
+from nmtune.data.shifts import SHIFTS
 from nmtune.data.sources import read_idx
 
 needs_mnist = pytest.mark.skipif(
@@ -131,16 +135,61 @@ def test_tweet_sentiment_has_no_leak_between_splits():
     assert train.classes == ("negative", "neutral", "positive")
 
 
-def test_every_registered_card_matches_its_data():
-    for name in list_datasets():
-        card = dataset_card(name)
-        if not card.available:
-            continue
-        data = load_dataset(name, next(iter(card.splits)))
-        assert len(data) == next(iter(card.splits.values()))
-        assert data.classes == card.classes and data.modality == card.modality
-        if card.input_shape:
-            assert data.inputs.shape[1:] == card.input_shape
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_registered_card_matches_its_data(name):
+    card = dataset_card(name)
+    if not card.available:
+        pytest.skip(f"{name} is not installed: {card.requires}")
+    data = load_dataset(name, next(iter(card.splits)))
+    assert len(data) == next(iter(card.splits.values()))
+    assert data.classes == card.classes and data.modality == card.modality
+    if card.input_shape:
+        assert data.inputs.shape[1:] == card.input_shape
+
+
+@pytest.mark.parametrize("shift", SHIFTS.values(), ids=lambda shift: shift.name)
+def test_every_shift_card_states_the_shape_it_makes(shift):
+    spec = shift.name + {"degrees": "30", "severity": "2"}.get(shift.param, "")
+    for base in ("digits", "digits~mnistm"):  # one and three channels
+        card = dataset_card(f"{base}~{spec}")
+        data = load_dataset(f"{base}~{spec}", "test", limit=20)
+        assert card.input_shape == data.inputs.shape[1:]
+        assert card.name == data.name == f"{base}~{spec}"
+
+
+def test_shifted_cards_refuse_text():
+    with pytest.raises(NMTuneError, match="shifts apply to image datasets"):
+        dataset_card("bbc-news~invert")
+
+
+@pytest.fixture
+def toy_dataset():
+    """A dataset registered for one test and unregistered after it."""
+    images = np.random.default_rng(0).random((12, 1, 6, 6), dtype=np.float32)
+    card = DatasetCard(
+        name="toy-squares", description="random 6x6 squares", modality="image",
+        classes=("a", "b", "c"), splits={"train": 12}, input_shape=(1, 6, 6), source="a test",
+        licence="none",
+    )
+    register_dataset(
+        card,
+        lambda split: from_arrays(images, np.arange(12) % 3, card.name, split=split,
+                                  classes=card.classes),
+    )
+    yield card, images
+    assert unregister_dataset(card.name) == card
+    assert card.name not in list_datasets()
+
+
+def test_registered_dataset_loads_shifts_and_lists(toy_dataset, capsys):
+    card, images = toy_dataset
+    rotated = load_dataset(f"{card.name}~rotate90", "train")
+    np.testing.assert_allclose(rotated.inputs, np.rot90(images, 1, axes=(2, 3)), atol=1e-5)
+    assert dataset_card(f"{card.name}~framed").input_shape == (1, 28, 28)
+    listing = {c["name"]: c for c in json.loads(_cli(["datasets", "--json"], capsys))["datasets"]}
+    assert listing[card.name]["num_classes"] == 3 and listing[card.name]["splits"] == card.splits
+    with pytest.raises(NMTuneError, match="not registered"):
+        unregister_dataset("no-such-dataset")
 
 
 def test_callers_cannot_corrupt_the_memoised_arrays():

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._validation import NMTuneError, as_float_array
 from .base import Backbone
+from .registry import register_backbone
 
 #: HTTP statuses worth retrying: rate limited, or the server (or a proxy) failed transiently.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -306,3 +307,10 @@ def create_openai(
         batch_size=batch_size,
         max_requests_per_second=max_requests_per_second,
     )
+
+
+register_backbone(
+    "openai:",
+    modality="text",
+    description="OpenAI-compatible /v1/embeddings API (base_url= or $OPENAI_BASE_URL)",
+)(create_openai)

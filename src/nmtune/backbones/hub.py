@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib
 import os
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .._validation import NMTuneError
-from .torch_backbone import ImagePreprocess, TorchBackbone
+from .registry import register_backbone
+
+if TYPE_CHECKING:
+    import torch
+
+    from .torch_backbone import TorchBackbone
 
 EXTRAS = {
     "timm": "pip install 'nmtune[timm]'",
@@ -31,15 +34,26 @@ def import_extra(module: str):
         raise NMTuneError(f"this backbone needs {module}: {EXTRAS[module]}") from None
 
 
+def _hub_family(family: str, module: str, modality: str, description: str):
+    """Register an adapter as the family ``FAMILY:NAME``, available once ``module`` is."""
+    return register_backbone(
+        f"{family}:", modality=modality, requires=(module,), install=EXTRAS[module],
+        description=description,
+    )
+
+
 def _hub_error(library: str, name: str, exc: Exception) -> NMTuneError:
     return NMTuneError(f"{library} could not create {name!r}: {exc}")
 
 
+@_hub_family("timm", "timm", "image", "timm image models, classifier removed (pooled features)")
 def create_timm(model_name: str, pretrained: bool = True) -> TorchBackbone:
     """A timm image model without its classifier (``num_classes=0``): pooled features.
 
     Input size, mean and std come from the model's pretrained config.
     """
+    from .torch_backbone import ImagePreprocess, TorchBackbone
+
     timm = import_extra("timm")
     try:
         module = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
@@ -62,22 +76,12 @@ def create_timm(model_name: str, pretrained: bool = True) -> TorchBackbone:
     )
 
 
-class ClipImageEncoder(nn.Module):
-    """The image tower of an open_clip model: (B, 3, S, S) -> (B, embed_dim)."""
-
-    def __init__(self, clip: nn.Module):
-        super().__init__()
-        self.clip = clip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(x)
-
-
 # open_clip's defaults when a model does not state its own (OpenAI CLIP's training statistics).
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+@_hub_family("open_clip", "open_clip", "image", "open_clip image encoders: ARCH or ARCH:TAG")
 def create_open_clip(spec: str, pretrained: str | None = None) -> TorchBackbone:
     """The image encoder of an open_clip model, e.g. ``"ViT-B-32:laion2b_s34b_b79k"``.
 
@@ -88,6 +92,9 @@ def create_open_clip(spec: str, pretrained: str | None = None) -> TorchBackbone:
     pretrained : str or None
         Overrides the tag in ``spec``.
     """
+    from .torch_backbone import ImagePreprocess, TorchBackbone
+    from .wrappers import ClipImageEncoder
+
     open_clip = import_extra("open_clip")
     arch, _, tag = spec.partition(":")
     tag = pretrained or tag or None
@@ -112,19 +119,6 @@ def create_open_clip(spec: str, pretrained: str | None = None) -> TorchBackbone:
     )
 
 
-class MeanPooledEncoder(nn.Module):
-    """A transformers encoder followed by attention-masked mean pooling: tokens -> (B, hidden)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, **extra) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)[0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
 class Tokenize:
     """``list[str] -> dict of tensors`` with a transformers tokenizer (padding, truncation)."""
 
@@ -143,11 +137,15 @@ class Tokenize:
         return dict(encoded)
 
 
+@_hub_family("hf", "transformers", "text", "transformers text encoders, mean-pooled")
 def create_hf(model_name: str, max_length: int = 256) -> TorchBackbone:
     """A transformers text encoder (``AutoModel``), mean-pooled over non-padding tokens.
 
     Loads from local files only (``HF_HUB_OFFLINE=1`` unless set otherwise).
     """
+    from .torch_backbone import TorchBackbone
+    from .wrappers import MeanPooledEncoder
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = import_extra("transformers")
     try:
@@ -163,3 +161,4 @@ def create_hf(model_name: str, max_length: int = 256) -> TorchBackbone:
         feature_dim=int(model.config.hidden_size),
         weights_id=f"hf:{model_name}",
     )
+

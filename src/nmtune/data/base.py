@@ -1,8 +1,10 @@
-"""The in-memory dataset every source returns and every backbone consumes."""
+"""The in-memory dataset every source returns and every backbone consumes, and the helpers
+the sources build it with (content fingerprints, label coding, fixed train/test splits)."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,11 @@ from .._validation import NMTuneError
 
 if TYPE_CHECKING:
     from .lazy import LazyImages
+
+#: Seed of the fixed train/test splits the sources make. Fixed, not the caller's seed, so a row
+#: never moves between train and test from one run to the next; ``load_dataset(seed=...)``
+#: only picks subsets.
+SPLIT_SEED = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,3 +129,67 @@ def content_digest(inputs: np.ndarray | list[str], labels: np.ndarray, *tags) ->
             h.update(b"\0")
     h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
     return _digest(h.hexdigest(), *tags)
+
+
+# --------------------------------------------------------------------------- for sources
+
+
+def _dataset(name, split, inputs, labels, classes) -> Dataset:
+    """A Dataset whose fingerprint is the digest of its content (images or texts).
+
+    Memoised (read-only) arrays are handed out as copies: a caller may then write into its
+    arrays, and torch accepts them without warnings, while the memo stays intact.
+    """
+    modality = "text" if isinstance(inputs, list) else "image"
+    if modality == "image" and not inputs.flags.writeable:
+        inputs = inputs.copy()
+    if not labels.flags.writeable:
+        labels = labels.copy()
+    return Dataset(
+        name=name,
+        split=split,
+        inputs=inputs,
+        labels=labels,
+        classes=tuple(classes),
+        modality=modality,
+        fingerprint=content_digest(inputs, labels, modality, split),
+    )
+
+
+def _encode_labels(raw: np.ndarray, what: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer codes and class names (sorted unique values) of arbitrary labels."""
+    try:
+        values, codes = np.unique(raw, return_inverse=True)
+    except TypeError:
+        raise NMTuneError(f"{what} mixes types (e.g. numbers and strings); use one") from None
+    if len(values) < 2:
+        raise NMTuneError(f"{what} has a single class {values.tolist()}; need at least two")
+    return codes.astype(np.int64).ravel(), tuple(str(v) for v in values)
+
+
+def _stratified_split(inputs, labels, test_size: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import train_test_split
+
+    n, counts = len(labels), np.bincount(labels)
+    n_test = math.ceil(test_size * n)
+    if n < 2:
+        raise NMTuneError(f"{n} example(s) cannot be split into train and test")
+    # Stratify where sklearn can: every class twice, and room for each class on both sides.
+    present = np.count_nonzero(counts)
+    feasible = counts[counts > 0].min() >= 2 and min(n_test, n - n_test) >= present
+    stratify = labels if feasible else None
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=test_size, random_state=SPLIT_SEED, stratify=stratify
+    )
+    idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
+    return {
+        "train": _frozen(inputs[idx_train], labels[idx_train]),
+        "test": _frozen(inputs[idx_test], labels[idx_test]),
+    }
+
+
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mark memoised arrays read-only: a caller writing into one would corrupt every later load."""
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
