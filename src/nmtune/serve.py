@@ -510,7 +510,7 @@ def _parse_json(body: bytes) -> Any:
     except (UnicodeDecodeError, ValueError) as exc:
         raise _invalid(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise _invalid("the request body is nested too deeply") from None
+        raise _invalid("the request body's JSON is nested too deeply") from None
 
 
 def _encode(row: np.ndarray, encoding: str) -> list[float] | str:
@@ -668,6 +668,8 @@ class _Handler(BaseHTTPRequestHandler):
         # http.server's own refusals (bad request line, oversized headers, ...) answer in JSON
         # like every other error of this API.
         status = HTTPStatus(code)
+        if self.request_version == "HTTP/0.9":  # still the default: the request line was bad
+            self.request_version = self.protocol_version  # so that headers are written
         self._send_error(APIError(status, message or status.phrase))
 
     def log_message(self, format: str, *args) -> None:
