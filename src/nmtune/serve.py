@@ -157,7 +157,6 @@ class MicroBatcher:
     def __init__(self, backbone: Backbone, max_batch_inputs: int):
         self.backbone = backbone
         self.max_batch_inputs = max_batch_inputs
-        self.passes = 0  # coalesced passes run, for tests and benchmarks
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="nmtune-model", daemon=True)
         self._thread.start()
@@ -190,7 +189,6 @@ class MicroBatcher:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Job]) -> None:
-        self.passes += 1
         try:
             vectors = self._forward([text for job in batch for text in job.texts])
         except Exception as exc:
