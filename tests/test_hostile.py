@@ -27,6 +27,7 @@ from nmtune._validation import NMTuneError
 from nmtune.backbones import CallableBackbone, OpenAIEmbeddings
 from nmtune.cli import main
 from nmtune.serve import ServerLimits
+from test_blackbox import RecordingServer
 from test_serve import MODEL, HashingBackbone, request, start
 
 FAST = {"header_timeout": 0.5, "body_timeout": 0.5}
@@ -501,3 +502,25 @@ def test_server_limits_are_checked():
     for bad in ({"workers": 0}, {"max_body_bytes": -1}, {"header_timeout": 0}, {"workers": 1.5}):
         with pytest.raises(NMTuneError, match=next(iter(bad))):
             ServerLimits(**bad)
+
+
+# --------------------------------------------------------------------------- redirects
+
+
+def test_a_redirect_to_a_real_server_on_another_port_never_delivers_the_key(serve):
+    # The nmtune server on one port, a redirector on another (another origin): were the
+    # client to follow with its key, this keyed server would embed the text.
+    backbone = SlowHashing()
+    server = start(backbone, api_key="sk-secret", limits=ServerLimits(**FAST))
+    redirector = RecordingServer((307, {"Location": f"{server.url}/embeddings"}, b""))
+    try:
+        api = OpenAIEmbeddings(f"{redirector.origin}/v1", MODEL, api_key="sk-secret")
+        with pytest.raises(NMTuneError, match="another origin: not followed"):
+            api(["a"])
+        assert backbone.batches == [] and redirector.seen[0]["path"] == "/v1/embeddings"
+        direct = OpenAIEmbeddings(server.url, MODEL, api_key="sk-secret")(["a"])  # the key works
+        np.testing.assert_array_equal(direct, HashingBackbone().embed(["a"]))
+    finally:
+        redirector.close()
+        server.shutdown()
+        server.server_close()

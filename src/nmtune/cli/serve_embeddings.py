@@ -17,7 +17,11 @@ API_KEY_ENV = "NMTUNE_API_KEY"
 #: ServerLimits fields as options: (field, metavar, help).
 LIMIT_OPTIONS = (
     ("max_body_bytes", "N", "largest request body; longer ones get 413 unread"),
-    ("max_input_chars", "N", "most characters per input (400 beyond)"),
+    (
+        "max_input_chars",
+        "N",
+        "most characters per input (400 beyond); the backbone then keeps its own max_seq_length tokens",
+    ),
     ("max_inputs", "N", "most inputs per request (400 beyond)"),
     ("max_batch_inputs", "N", "most inputs per forward pass of the backbone"),
     ("workers", "N", "threads serving connections"),
