@@ -192,7 +192,7 @@ def test_concurrent_requests_share_one_forward_pass(serve):
 
 def _waiting(server) -> int:
     """Requests queued at the model, not yet taken into a pass."""
-    return server.batcher._jobs.qsize()
+    return server.batcher.waiting()
 
 
 def test_one_failing_request_in_a_shared_pass_fails_alone(serve):
@@ -210,6 +210,27 @@ def test_one_failing_request_in_a_shared_pass_fails_alone(serve):
     np.testing.assert_array_equal(
         ok_body["data"][0]["embedding"], HashingBackbone().embed(["ok one"])[0]
     )
+
+
+def test_a_small_request_joins_the_passes_of_a_big_one_instead_of_waiting(serve):
+    backbone = SlowHashing(delay=0.05)
+    server = serve(backbone, max_batch_inputs=16)
+    big = [f"big text {i}" for i in range(320)]  # 20 passes of 16 when alone: >= 1 s
+    with ThreadPoolExecutor(2) as pool:
+        big_answer = pool.submit(post, server, embeddings_request(big))
+        wait_until(lambda: len(backbone.batches) >= 2)
+        status, _, body, seconds = post(server, embeddings_request(["small one"]))
+        assert status == 200 and not big_answer.done()
+        assert seconds < 0.5, f"the small request waited {seconds:.2f} s"
+        big_status, _, big_body, _ = big_answer.result()
+    shared = next(b for b in backbone.batches if "small one" in b)
+    assert len(shared) == 16 and sum(t.startswith("big") for t in shared) == 15
+    np.testing.assert_array_equal(
+        body["data"][0]["embedding"], HashingBackbone().embed(["small one"])[0]
+    )
+    got = np.float32([item["embedding"] for item in big_body["data"]])
+    assert big_status == 200
+    np.testing.assert_array_equal(got, HashingBackbone().embed(big))
 
 
 # --------------------------------------------------------------------------- big requests

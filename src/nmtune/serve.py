@@ -21,8 +21,9 @@ It holds up as a service (every bound is a :class:`ServerLimits` field and a CLI
 - *Slow clients.* A request's line and headers must arrive within ``header_timeout`` seconds
   and its body within ``body_timeout``; a slow client is answered 408 and disconnected.
 - *One model, shared passes.* A single thread runs the backbone; requests that arrive while
-  it is busy are coalesced into the next forward pass (sorted by length, in chunks of
-  ``max_batch_inputs``), so a burst of small requests costs a few passes, not one each, and a
+  it is busy are coalesced into the next forward pass (at most ``max_batch_inputs`` texts,
+  shared equally among the waiting requests, sorted by length), so a burst of small requests
+  costs a few passes, not one each, a small request is not stuck behind a big one, and a
   lone request waits for nobody. A batched model may differ in the last bits with batch
   composition, as in any batched inference.
 - *Closing politely.* A connection closed with unread input would be reset, losing the
@@ -72,7 +73,8 @@ class ServerLimits:
     max_inputs : int
         Most inputs in one request (400 beyond).
     max_batch_inputs : int
-        Most inputs in one forward pass of the backbone (bounds its memory).
+        Most inputs in one forward pass of the backbone: bounds its memory, and how long a
+        request arriving during a pass waits for the next.
     workers : int
         Threads serving connections; a request's memory is at most about three times
         ``max_body_bytes``, so the server's peak is bounded by ``workers`` times that.
@@ -88,7 +90,7 @@ class ServerLimits:
     max_body_bytes: int = 4 * 2**20
     max_input_chars: int = 32_768
     max_inputs: int = MAX_INPUTS
-    max_batch_inputs: int = 64
+    max_batch_inputs: int = 32
     workers: int = 16
     queue_size: int = 256
     header_timeout: float = 10.0
@@ -130,23 +132,41 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
 
 
 class _Job:
-    """One request's texts on their way through the :class:`MicroBatcher`."""
+    """One request's texts on their way through the :class:`MicroBatcher`, a slice per pass."""
 
     def __init__(self, texts: list[str]):
         self.texts = texts
-        self.done = threading.Event()
+        self.next = 0  # first text not yet embedded
         self.result: np.ndarray | None = None
         self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    @property
+    def remaining(self) -> int:
+        return len(self.texts) - self.next
+
+    def store(self, vectors: np.ndarray) -> None:
+        if self.result is None:
+            self.result = np.empty((len(self.texts), vectors.shape[1]), dtype=np.float32)
+        self.result[self.next : self.next + len(vectors)] = vectors
+        self.next += len(vectors)
+        if not self.remaining:
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
 
 
 class MicroBatcher:
     """Run one backbone from one thread, coalescing concurrent requests into shared passes.
 
-    Requests that arrive while the model is busy wait in a queue, and the next pass takes all
-    of them: their texts sorted by length (so that little padding is computed) and cut into
-    chunks of at most ``max_batch_inputs``. Nothing waits for company: a lone request runs at
-    once. If a coalesced pass fails, each request is run alone, so one bad input fails only
-    its own request.
+    Requests that arrive while the model is busy wait in a queue, and each pass serves all
+    waiting requests together: at most ``max_batch_inputs`` texts, shared out equally among
+    them, sorted by length so that little padding is computed. A big request thus runs in
+    several passes and a small one that arrives meanwhile joins the next pass instead of
+    waiting for the big one to finish; a lone request waits for nobody. If a shared pass
+    fails, each request's share is run alone, so one bad input fails only its own request.
 
     Parameters
     ----------
@@ -157,6 +177,7 @@ class MicroBatcher:
     def __init__(self, backbone: Backbone, max_batch_inputs: int):
         self.backbone = backbone
         self.max_batch_inputs = max_batch_inputs
+        self._width: int | None = None  # learned from the first answer, then enforced
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="nmtune-model", daemon=True)
         self._thread.start()
@@ -170,61 +191,80 @@ class MicroBatcher:
             raise job.error
         return job.result
 
+    def waiting(self) -> int:
+        """Requests queued for the model and not yet taken into a pass."""
+        return self._jobs.qsize()
+
     def stop(self) -> None:
         self._jobs.put(None)
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            batch, size = [job], len(job.texts)
-            while size < self.max_batch_inputs:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._jobs.put(None)  # stop after this pass
-                    break
-                batch.append(job)
-                size += len(job.texts)
-            self._run_batch(batch)
+        active: list[_Job] = []
+        while True:
+            try:
+                while True:  # take every waiting request; block for one only when idle
+                    job = self._jobs.get(block=not active)
+                    if job is None:
+                        for job in active:
+                            job.fail(RuntimeError("the server is stopping"))
+                        return
+                    active.append(job)
+            except queue.Empty:
+                pass
+            self._run_pass(self._share(active))
+            active = [job for job in active if not job.done.is_set()]
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _share(self, active: list[_Job]) -> list[tuple[_Job, int]]:
+        """How many texts each request puts into the next pass: equal shares of the capacity,
+        what a request does not need going to the others."""
+        capacity, taken = self.max_batch_inputs, dict.fromkeys(active, 0)
+        while capacity:
+            hungry = [job for job in active if taken[job] < job.remaining]
+            if not hungry:
+                break
+            share = max(1, capacity // len(hungry))
+            for job in hungry[:capacity]:
+                n = min(share, job.remaining - taken[job])
+                taken[job] += n
+                capacity -= n
+        return [(job, n) for job, n in taken.items() if n]
+
+    def _run_pass(self, shares: list[tuple[_Job, int]]) -> None:
+        texts = [t for job, n in shares for t in job.texts[job.next : job.next + n]]
         try:
-            vectors = self._forward([text for job in batch for text in job.texts])
+            vectors = self._forward(texts)
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0].error = exc
-                batch[0].done.set()
+            if len(shares) == 1:
+                shares[0][0].fail(exc)
             else:
-                for job in batch:
-                    self._run_batch([job])
+                for share in shares:
+                    self._run_pass([share])
             return
-        start = 0
-        for job in batch:
-            job.result = vectors[start : start + len(job.texts)]
-            start += len(job.texts)
-            job.done.set()
+        row = 0
+        for job, n in shares:
+            job.store(vectors[row : row + n])
+            row += n
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = None
-        for start in range(0, len(texts), self.max_batch_inputs):
-            rows = order[start : start + self.max_batch_inputs]
-            vectors = self._checked(self.backbone.embed([texts[i] for i in rows]), len(rows))
-            if out is None:  # a black-box backbone may learn its width from its first answer
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors
-        return out
-
-    def _checked(self, vectors, rows: int) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != rows:
+        vectors = np.asarray(self.backbone.embed([texts[i] for i in order]), dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise RuntimeError(
-                f"backbone {self.backbone.name} returned shape {vectors.shape} for {rows} inputs"
+                f"backbone {self.backbone.name} returned shape {vectors.shape} for {len(texts)} "
+                "inputs"
+            )
+        if self._width is None:
+            self._width = vectors.shape[1]
+        elif vectors.shape[1] != self._width:
+            raise RuntimeError(
+                f"backbone {self.backbone.name} returned {vectors.shape[1]}-d embeddings after "
+                f"{self._width}-d ones"
             )
         if not np.isfinite(vectors).all():
             raise RuntimeError(f"backbone {self.backbone.name} returned non-finite embeddings")
-        return vectors
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
 
 
 class _Lingerer:

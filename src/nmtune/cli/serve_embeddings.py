@@ -20,7 +20,7 @@ LIMIT_OPTIONS = (
     (
         "max_input_chars",
         "N",
-        "most characters per input (400 beyond); the backbone then keeps its own max_seq_length tokens",
+        "most characters per input (400 beyond); the backbone keeps its max_seq_length tokens",
     ),
     ("max_inputs", "N", "most inputs per request (400 beyond)"),
     ("max_batch_inputs", "N", "most inputs per forward pass of the backbone"),
