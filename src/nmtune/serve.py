@@ -81,8 +81,8 @@ class ServerLimits:
     queue_size : int
         Accepted connections waiting for a worker; beyond them, 503 with ``Retry-After``.
     header_timeout, body_timeout : float
-        Seconds for a request's line and headers (also the keep-alive idle time), and for its
-        body; also the time allowed to write an answer.
+        Seconds for a request's line and headers (also how long an idle keep-alive connection
+        stays open), and for its body (also the time allowed to write an answer).
     retry_after : int
         Seconds a 503 asks the client to wait.
     """
@@ -129,6 +129,18 @@ class APIError(Exception):
 
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(HTTPStatus.BAD_REQUEST, message, param=param, code=code)
+
+
+def _take_waiting(items: queue.SimpleQueue, block: bool) -> tuple[list, bool]:
+    """Everything waiting in ``items`` (waiting for a first one if ``block``, as a thread
+    with nothing else to do does), and whether the stop signal ``None`` was among them."""
+    taken = []
+    try:
+        while (item := items.get(block=block and not taken)) is not None:
+            taken.append(item)
+    except queue.Empty:
+        return taken, False
+    return taken, True
 
 
 class _Job:
@@ -201,16 +213,12 @@ class MicroBatcher:
     def _run(self) -> None:
         active: list[_Job] = []
         while True:
-            try:
-                while True:  # take every waiting request; block for one only when idle
-                    job = self._jobs.get(block=not active)
-                    if job is None:
-                        for job in active:
-                            job.fail(RuntimeError("the server is stopping"))
-                        return
-                    active.append(job)
-            except queue.Empty:
-                pass
+            new, stop = _take_waiting(self._jobs, block=not active)
+            active += new
+            if stop:
+                for job in active:
+                    job.fail(RuntimeError("the server is stopping"))
+                return
             self._run_pass(self._share(active))
             active = [job for job in active if not job.done.is_set()]
 
@@ -293,17 +301,14 @@ class _Lingerer:
         deadlines: dict[socket.socket, float] = {}
         with selectors.DefaultSelector() as selector:
             while True:
-                try:
-                    while True:  # take the new sockets; block for one only when idle
-                        sock = self._incoming.get(block=not deadlines)
-                        if sock is None:
-                            for sock in deadlines:
-                                sock.close()
-                            return
-                        deadlines[sock] = time.monotonic() + self.seconds
-                        selector.register(sock, selectors.EVENT_READ)
-                except queue.Empty:
-                    pass
+                new, stop = _take_waiting(self._incoming, block=not deadlines)
+                for sock in new:
+                    deadlines[sock] = time.monotonic() + self.seconds
+                    selector.register(sock, selectors.EVENT_READ)
+                if stop:
+                    for sock in deadlines:
+                        sock.close()
+                    return
                 for key, _ in selector.select(timeout=0.05):
                     if not self._drain(key.fileobj):
                         deadlines[key.fileobj] = 0.0
