@@ -596,6 +596,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.requestline = self.request_version = self.command = ""
                 self._send_error(_timed_out("headers", self.server.limits.header_timeout))
             return
+        except OSError:  # reset by the client: nobody to answer
+            self.close_connection = True
+            return
         self.reader.deadline = None
         self._unread = "Transfer-Encoding" in self.headers or self.headers.get(
             "Content-Length", "0"
