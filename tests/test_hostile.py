@@ -371,17 +371,17 @@ def trickle(sockets: list[socket.socket], prefix: bytes, seconds: float) -> dict
     ],
 )
 def test_slow_loris_connections_are_closed_by_the_timeout(serve, prefix, timeout):
-    server = serve(workers=8, queue_size=64)
+    server = serve(workers=20, queue_size=64)
     sockets = [socket.create_connection(server.server_address[:2]) for _ in range(40)]
     try:
         closed = trickle(sockets, prefix, seconds=5.0)
         assert len(closed) == 40, f"{40 - len(closed)} slow connections still open after 5 s"
         for _, sent in closed.values():
             status, _, body = parse_answer(sent)
-            # 8 at a time hold a worker until their deadline (0.5 s) and get 408; the others
+            # 20 at a time hold a worker until their deadline (0.5 s) and get 408; the others
             # wait their turn (their deadline starts when a worker takes them up).
             assert status == 408 and f"{timeout.split('_')[0]}" in body["error"]["message"]
-        assert max(s for s, _ in closed.values()) < 40 / 8 * 0.5 + 1.5
+        assert max(s for s, _ in closed.values()) < 40 / 20 * 0.5 + 1.5
         # Meanwhile the server still answers a well-behaved client.
         assert post(server, embeddings_request(["hello"]))[0] == 200
     finally:
