@@ -6,6 +6,8 @@
 #   scripts/blackbox_study.sh [OUT_DIR] [extra `nmtune study` options, e.g. --quiet]
 #
 # OUT_DIR defaults to nmtune-results/real-blackbox; the server's log goes to OUT_DIR/server.log.
+# With NMTUNE_API_KEY set, the server requires that key and the study sends it (as
+# OPENAI_API_KEY); the key never appears on a command line.
 # Killed and started again, the study resumes from its cached cells and features.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +29,12 @@ else
   exit 1
 fi
 
-answers() {  # does an embeddings API answer at $MODELS_URL?
-  "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+answers() {  # does an embeddings API answer at $MODELS_URL (with our key, if any)?
+  "$PYTHON" -c '
+import os, sys, urllib.request
+key = os.environ.get("NMTUNE_API_KEY")
+headers = {"Authorization": f"Bearer {key}"} if key else {}
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=headers), timeout=2)' \
     "$MODELS_URL" 2>/dev/null
 }
 
@@ -70,4 +76,7 @@ done
 answers || { echo "blackbox_study.sh: no answer from $MODELS_URL after 120 s" >&2; exit 1; }
 grep -m1 '^serving' "$OUT/server.log" || true
 
+if [ -n "${NMTUNE_API_KEY:-}" ]; then
+  export OPENAI_API_KEY="$NMTUNE_API_KEY"
+fi
 "$NMTUNE" study real-blackbox --out "$OUT" "$@"

@@ -333,3 +333,119 @@ def test_parse_retry_after():
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after(date, now=now) == pytest.approx(30.0)
+
+
+# -- redirects never carry the key to another origin -------------------------------------------
+
+
+class RecordingServer:
+    """127.0.0.1 server that records every request's path and headers and answers ``reply``:
+    ``(status, headers, body)`` or, when it is a callable, ``reply(path)`` returning that."""
+
+    def __init__(self, reply):
+        self.seen: list[dict] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                recorder.seen.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                status, headers, payload = reply(self.path) if callable(reply) else reply
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(payload))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def embeddings_reply(texts=("a",)) -> tuple:
+    data = [{"index": i, "embedding": vector(t)} for i, t in enumerate(texts)]
+    return 200, {"Content-Type": "application/json"}, json.dumps({"data": data}).encode()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_origin_is_refused_and_the_key_never_leaves(code):
+    thief = RecordingServer(embeddings_reply())
+    victim = RecordingServer((code, {"Location": f"{thief.origin}/v1/embeddings"}, b""))
+    try:
+        api = OpenAIEmbeddings(f"{victim.origin}/v1", "m", api_key="sk-secret", timeout=5)
+        with pytest.raises(NMTuneError, match="another origin") as info:
+            api(["a"])
+        assert thief.origin in str(info.value) and "sk-secret" not in str(info.value)
+        assert victim.seen[0]["headers"]["Authorization"] == "Bearer sk-secret"
+        assert thief.seen == [], "nothing, least of all the key, may reach the other origin"
+    finally:
+        thief.close()
+        victim.close()
+
+
+def test_a_same_origin_307_is_followed_with_the_body_and_the_key():
+    def reply(path):
+        if path == "/v1/embeddings":
+            return 307, {"Location": "/v2/embeddings"}, b""
+        return embeddings_reply(["a", "bb"])
+
+    server = RecordingServer(reply)
+    try:
+        api = OpenAIEmbeddings(f"{server.origin}/v1", "m", api_key="sk-secret", timeout=5)
+        np.testing.assert_array_equal(api(["a", "bb"]), [vector("a"), vector("bb")])
+        first, second = server.seen
+        assert second["path"] == "/v2/embeddings" and second["body"] == first["body"]
+        assert second["headers"]["Authorization"] == "Bearer sk-secret"
+    finally:
+        server.close()
+
+
+def test_a_same_origin_302_would_turn_the_post_into_a_get_and_is_refused():
+    server = RecordingServer((302, {"Location": "/elsewhere"}, b""))
+    try:
+        with pytest.raises(NMTuneError, match="302.*base_url"):
+            OpenAIEmbeddings(f"{server.origin}/v1", "m", api_key="k", timeout=5)(["a"])
+        assert [s["path"] for s in server.seen] == ["/v1/embeddings"]
+    finally:
+        server.close()
+
+
+# -- every embedding value must be a JSON number -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value,what",
+    [(True, "bool"), (False, "bool"), ("1.5", "str"), (None, "null"), ([1.0], "list")],
+)
+def test_embedding_values_that_are_not_json_numbers_are_refused(value, what):
+    body = {"data": [{"index": 0, "embedding": [0.25, value, 3]}]}
+    server = RecordingServer((200, {}, json.dumps(body).encode()))
+    try:
+        with pytest.raises(NMTuneError, match=rf"embedding 0.*position 1.*{what}"):
+            OpenAIEmbeddings(f"{server.origin}/v1", "m", timeout=5)(["a"])
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("index", [True, "0", 0.0])
+def test_indices_must_be_json_integers(index):
+    body = {"data": [{"index": index, "embedding": [0.25, 1, 3]}]}
+    server = RecordingServer((200, {}, json.dumps(body).encode()))
+    try:
+        with pytest.raises(NMTuneError, match="index"):
+            OpenAIEmbeddings(f"{server.origin}/v1", "m", timeout=5)(["a"])
+    finally:
+        server.close()

@@ -15,6 +15,7 @@ import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 
@@ -190,14 +191,63 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - now)
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, default ports made explicit: who may see the key."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return (
+        scheme,
+        (parts.hostname or "").lower(),
+        parts.port or {"http": 80, "https": 443}.get(scheme),
+    )
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow only 307/308 redirects within the origin of the request, re-sending the POST.
+
+    A redirect to another scheme, host or port is refused, so the API key never reaches a
+    server the user did not name; a 301/302/303 is refused too, since following it would turn
+    the POST into a GET that no embeddings endpoint answers.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
+        where = f"{req.full_url} redirected (HTTP {code}) to {newurl}"
+        if _origin(newurl) != _origin(req.full_url):
+            raise NMTuneError(
+                f"{where}, another origin: not followed, so the API key is never sent there; "
+                "set base_url to the new address if you trust it"
+            )
+        if code not in (307, 308):
+            raise NMTuneError(
+                f"{where}: following a {code} would turn the POST into a GET; set base_url to "
+                "the final address"
+            )
+        follow = urllib.request.Request(
+            newurl, data=req.data, headers=req.headers, method=req.get_method()
+        )
+        follow.unredirected_hdrs = dict(req.unredirected_hdrs)  # same origin: the key may go
+        return follow
+
+
+def _json_kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 class OpenAIEmbeddings:
     """An OpenAI-compatible embeddings endpoint as a function ``list[str] -> (B, D)``.
 
     Sends ``POST {base_url}/embeddings`` with ``{"model": model, "input": [...]}`` and reads
-    ``{"data": [{"embedding": [...], "index": i}, ...]}``, ordered by ``index``.
+    ``{"data": [{"embedding": [...], "index": i}, ...]}``, ordered by ``index``; every index
+    must be a JSON integer and every embedding value a JSON number (``true``, ``"1.5"`` or
+    ``null`` are refused, not converted).
     429, 408 and 5xx answers, timeouts and refused connections raise :class:`RetryableError`
     (honouring ``Retry-After``); other HTTP errors and malformed bodies raise
     :class:`NMTuneError` at once, since repeating the request would not fix them.
+
+    The key never leaves the origin (scheme, host and port) of ``base_url``: a redirect to
+    another origin is refused with an error that says so, and only 307/308 redirects within
+    the origin are followed.
 
     Parameters
     ----------
@@ -227,6 +277,7 @@ class OpenAIEmbeddings:
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout = float(timeout)
         self.dimensions = dimensions
+        self._opener = urllib.request.build_opener(_SameOriginRedirects)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIEmbeddings(url={self.url!r}, model={self.model!r})"
@@ -243,11 +294,13 @@ class OpenAIEmbeddings:
 
     def _post(self, data: bytes) -> bytes:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        if self._api_key:
+            # urllib never copies an "unredirected" header onto a redirected request; the
+            # redirect handler re-adds it only within the origin.
+            request.add_unredirected_header("Authorization", f"Bearer {self._api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace")
@@ -267,23 +320,43 @@ class OpenAIEmbeddings:
     def _parse(self, body: bytes, rows: int) -> np.ndarray:
         try:
             items = json.loads(body)["data"]
-            items = sorted(items, key=lambda item: int(item["index"]))
+            indices = [item["index"] for item in items]
             vectors = [item["embedding"] for item in items]
         except (ValueError, KeyError, TypeError) as exc:
             raise NMTuneError(
                 f"{self.url} sent a malformed embeddings body ({type(exc).__name__}: {exc}); "
                 f"starts with {body[:120]!r}"
             ) from None
-        if [int(item["index"]) for item in items] != list(range(rows)):
+        bad = next((i for i in indices if type(i) is not int), None)
+        if bad is not None:
+            raise NMTuneError(f"{self.url} sent an index that is not an integer: {bad!r}")
+        if sorted(indices) != list(range(rows)):
             raise NMTuneError(
                 f"{self.url} returned {len(items)} embeddings with indices not 0..{rows - 1}"
             )
+        for index, vector in zip(indices, vectors, strict=True):
+            self._check_numbers(index, vector)
+        ordered = [vector for _, vector in sorted(zip(indices, vectors, strict=True))]
         try:
-            return np.asarray(vectors, dtype=np.float32)
+            return np.asarray(ordered, dtype=np.float32)
         except ValueError:
             raise NMTuneError(
                 f"{self.url} returned embeddings that are not equal-length lists of numbers"
             ) from None
+
+    def _check_numbers(self, index: int, vector) -> None:
+        """Refuse anything but JSON numbers: numpy would turn ``true`` into 1 and ``"1.5"`` into
+        1.5, silently wrong features."""
+        if not isinstance(vector, list):
+            raise NMTuneError(
+                f"{self.url}: embedding {index} is a {_json_kind(vector)}, not a list of numbers"
+            )
+        for position, value in enumerate(vector):
+            if type(value) not in (int, float):
+                raise NMTuneError(
+                    f"{self.url}: embedding {index}, position {position}: a {_json_kind(value)} "
+                    f"({value!r}), not a JSON number: embeddings must be lists of numbers"
+                )
 
 
 def create_openai(
