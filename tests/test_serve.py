@@ -69,7 +69,8 @@ class HashingBackbone(Backbone):
 
 
 if "hash-embed" not in {spec.name for spec in list_backbones()}:
-    register_backbone("hash-embed", modality="text", feature_dim=32)(HashingBackbone)
+    register_backbone("hash-embed", modality="text", feature_dim=32,
+                      description="test: hashed bag of words")(HashingBackbone)
 
 
 def start(backbone, **kwargs):
