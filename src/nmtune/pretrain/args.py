@@ -19,23 +19,39 @@ import numpy as np
 import yaml
 
 from .._validation import NMTuneError
-from .config import PretrainConfig
+from .config import ClipConfig, PretrainConfig
 
-HELP = "pre-train a backbone on noisy labels"
+HELP = "pre-train a backbone on noisy labels (or CLIP on noisy image-text pairs)"
 DESCRIPTION = (
     "Train backbone + linear head on a dataset whose training labels are corrupted once by "
     "the noise spec; checkpoint every epoch (the same command resumes); write backbone.pt "
     "(backbone state_dict without the head), metrics.json, history.csv and history.png to "
-    "--out. Flags override the values of --config."
+    "--out. With --objective clip, train the backbone as CLIP's image tower with a text tower "
+    "on image-text pairs (--pairs, or synthetic pairs of --dataset) whose captions are "
+    "swapped once (--noise caption_swap:RATE); backbone.pt is then the image tower and "
+    "model.pt the whole CLIP model. Flags override the values of --config."
 )
+OBJECTIVES = ("supervised", "clip")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the ``nmtune pretrain`` flags to ``p``; ``p.set_defaults(func=run)`` is set too."""
     p.add_argument("--config", type=Path,
-                   help="YAML file holding a PretrainConfig mapping, or a study config: the "
-                   "settings of its grid point --noise/--seed, as `nmtune study` trains it "
-                   "(one grid point per run, e.g. under torchrun)")
+                   help="YAML file holding a PretrainConfig mapping (a ClipConfig one with "
+                   "`objective: clip`), or a study config: the settings of its grid point "
+                   "--noise/--seed, as `nmtune study` trains it (one grid point per run, e.g. "
+                   "under torchrun)")
+    p.add_argument("--objective", choices=OBJECTIVES,
+                   help="supervised (default): cross-entropy on noisy labels; clip: "
+                   "contrastive image-text pre-training (CLIP's symmetric InfoNCE)")
+    p.add_argument("--pairs", metavar="CSV_OR_SHARDS",
+                   help="clip: image-text pairs, an open_clip .csv/.tsv (filepath, title) or "
+                   "WebDataset shards 'dir/shard-{000000..000009}.tar' (default: synthetic "
+                   "pairs of --dataset with generated captions)")
+    p.add_argument("--export-pairs", type=Path, metavar="DIR",
+                   help="clip: write the noisy pairs the run would train on as WebDataset "
+                   "shards and an open_clip CSV under DIR (for open_clip's own trainer) and "
+                   "stop, without training")
     p.add_argument("--backbone", help="registered backbone name, e.g. resnet8, cnn4")
     p.add_argument("--width", type=int, help="backbone width (a backbone_kwargs entry)")
     p.add_argument("--dataset", help="registered training dataset name")
@@ -44,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise", metavar="KIND:RATE",
                    help="label noise: symmetric:0.2, pair:0.1, transition:FILE (a K×K matrix, "
                    ".npy/.csv/.json), cifar-n:NAME (the matrix estimated from a CIFAR-N label "
-                   "set: aggre, random1-3, worst, noisy100) or none (default: none)")
+                   "set: aggre, random1-3, worst, noisy100) or none (default: none); with "
+                   "--objective clip: caption_swap:0.2 or none")
     p.add_argument("--noise-seed", type=int, help="seed of the noise (default: --seed)")
     p.add_argument("--eval-dataset", help="clean evaluation dataset (default: --dataset)")
     p.add_argument("--eval-split", help="evaluation split (default: test)")
@@ -55,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (cosine decay per step)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--out", type=Path, required=True, help="run folder (created; resumable)")
+    p.add_argument("--out", type=Path, help="run folder (created; resumable); required "
+                   "unless --export-pairs")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint; train anew")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -68,12 +86,23 @@ _PLAIN = ("backbone", "dataset", "split", "limit", "eval_dataset", "eval_split",
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~nmtune.pretrain.PretrainConfig` of ``--config`` overridden by the flags.
+    """The :class:`~nmtune.pretrain.PretrainConfig` of ``--config`` overridden by the flags,
+    or with ``--objective clip`` (or ``objective: clip`` in the file) the
+    :class:`~nmtune.pretrain.ClipConfig`.
 
     A study config gives the settings of its grid point chosen by ``--noise`` and ``--seed``,
     exactly as ``nmtune study`` pre-trains that point (:func:`nmtune.study.pretrain_config`).
     """
     raw = _read_yaml(args.config) if args.config else {}
+    objective = args.objective or raw.pop("objective", "supervised")
+    raw.pop("objective", None)
+    if objective not in OBJECTIVES:
+        raise NMTuneError(f"objective {objective!r} is unknown; choose from {OBJECTIVES}")
+    if objective == "clip":
+        return _clip_config(raw, args)
+    for flag in ("pairs", "export_pairs"):
+        if getattr(args, flag) is not None:
+            raise NMTuneError(f"--{flag.replace('_', '-')} needs --objective clip")
     noise = parse_noise(args.noise) if args.noise is not None else None
     if "pretrain" in raw and "backbone" in raw:
         raw = _study_grid_point(raw, args.config, noise, args.seed).to_dict()
@@ -158,17 +187,69 @@ def _study_grid_point(study: dict[str, Any], path: Path, noise: dict | None, see
     return pretrain_config(config, ratio, 0 if seed is None else seed)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .loop import pretrain
+#: Flags copied as they are into a ClipConfig.
+_PLAIN_CLIP = ("backbone", "dataset", "split", "limit", "pairs", "epochs", "batch_size", "lr",
+               "seed", "device")
+#: Supervised flags that mean nothing to a contrastive run.
+_NOT_CLIP = ("eval_dataset", "eval_split", "eval_limit", "optimizer")
 
+
+def _clip_config(raw: dict[str, Any], args: argparse.Namespace):
+    if "pretrain" in raw and "backbone" in raw:
+        raise NMTuneError(f"{args.config} is a study config (supervised pre-training); "
+                          "--objective clip takes a file of ClipConfig settings")
+    for flag in _NOT_CLIP:
+        if getattr(args, flag) is not None:
+            raise NMTuneError(f"--{flag.replace('_', '-')} does not apply to --objective clip")
+    raw.update({k: getattr(args, k) for k in _PLAIN_CLIP if getattr(args, k) is not None})
+    if args.width is not None:
+        raw["backbone_kwargs"] = {**(raw.get("backbone_kwargs") or {}), "width": args.width}
+    if args.noise is not None:
+        kind, _, value = args.noise.partition(":")
+        try:
+            raw["caption_swap"] = {"none": 0.0, "caption_swap": float(value or "nan")}[kind]
+        except (KeyError, ValueError):
+            raise NMTuneError(f"--objective clip takes --noise caption_swap:RATE (e.g. "
+                              f"caption_swap:0.2) or none, got {args.noise!r}") from None
+    if args.noise_seed is not None:
+        raw["noise_seed"] = args.noise_seed
+    raw.setdefault("noise_seed", raw.get("seed", 0))
+    return ClipConfig.from_dict(raw)
+
+
+def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    result = pretrain(config, args.out, resume=not args.restart, progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun, rank 0 speaks for the run
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for the run
+    if args.export_pairs is not None:
+        from .clip import export_pairs
+
+        written = export_pairs(config, args.export_pairs)
+        if rank0:
+            print(json.dumps(written, sort_keys=True) if args.json else "\n".join(
+                f"{k}: {v}" for k, v in written.items()))
+        return 0
+    if args.out is None:
+        raise NMTuneError("--out is required: the run folder")
+    if isinstance(config, PretrainConfig):
+        from .loop import pretrain as train
+    else:
+        from .clip import pretrain_clip as train
+    result = train(config, args.out, resume=not args.restart, progress=not args.quiet)
+    if not rank0:
+        return 0
     if args.json:
         print(json.dumps(result.metrics, sort_keys=True))
         return 0
     m = result.metrics
+    if not isinstance(config, PretrainConfig):
+        print(f"final train loss (noisy pairs)  {m['train_loss']:.4f}")
+        print(f"exp(logit_scale)                {m['logit_scale']:.2f}")
+        print(f"realised caption-swap rate      {m['realised_noise_rate']:.4f}")
+        print(f"epochs {m['epochs']}, {m['seconds']:.1f} s")
+        for label, path in (("image tower", result.backbone_path), ("clip", result.model_path),
+                            ("metrics", result.metrics_path), ("captions", result.noise_path)):
+            print(f"{label}: {path}")
+        return 0
     print(f"train accuracy vs noisy labels  {m['train_acc_noisy']:.4f}")
     print(f"train accuracy vs clean labels  {m['train_acc_clean']:.4f}")
     print(f"eval accuracy (clean)           {m['eval_acc']:.4f}")

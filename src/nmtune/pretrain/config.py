@@ -1,5 +1,5 @@
-"""What a pre-training run computes (:class:`PretrainConfig`) and where its files are
-(:class:`PretrainResult`)."""
+"""What a pre-training run computes (:class:`PretrainConfig`, :class:`ClipConfig` for the
+contrastive objective) and where its files are (:class:`PretrainResult`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._validation import NMTuneError, check_int, check_keys, check_str
+from .._validation import NMTuneError, check_int, check_keys, check_rate, check_str
 from ..noise import NoiseSpec
 
 _OPTIMIZERS = ("sgd", "adamw")
@@ -130,6 +130,104 @@ class PretrainConfig:
         return out
 
 
+@dataclass(frozen=True)
+class ClipConfig:
+    """Everything that determines a contrastive pre-training run (CPU-sized defaults).
+
+    Parameters
+    ----------
+    backbone, backbone_kwargs
+        The image tower: a registered backbone and its factory arguments.
+    dataset, split, limit
+        Offline pairs :func:`nmtune.data.pairs.synthetic_pairs` of this registered image set
+        (generated captions), used when ``pairs`` is ``None``; ``limit`` also caps ``pairs``.
+    pairs : str or None
+        An open_clip CSV/TSV table or a WebDataset shard pattern (``.tar``); its images must
+        share one size. Read whole into memory.
+    caption_swap : float in [0, 1]
+        Caption-swap noise rate: exactly ``round(rate·N)`` captions move to other pairs
+        (:func:`nmtune.noise.caption_swap`), once per run.
+    noise_seed : int
+    text_width, text_layers, text_heads, context_length : int
+        The text tower (:class:`~nmtune.contrastive.TextTransformer`).
+    embed_dim : int
+        Width of the shared embedding.
+    epochs, batch_size : int
+        ``batch_size`` is global: under DDP each of W ranks takes ``batch_size / W`` pairs and
+        the loss sees every rank's negatives.
+    lr, weight_decay : float
+        AdamW; no decay on gains, biases and the temperature (CLIP's groups).
+    warmup_steps : int
+        Linear warm-up before the cosine decay.
+    seed : int
+        Tower initialisation and data order.
+    device : str
+    objective : {"clip"}
+        Fixed: it makes ``config.json`` say which kind of run the folder holds.
+    """
+
+    backbone: str = "resnet8"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "mnist"
+    split: str = "train"
+    limit: int | None = None
+    pairs: str | None = None
+    caption_swap: float = 0.0
+    noise_seed: int = 0
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    context_length: int = 64
+    embed_dim: int = 64
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    seed: int = 0
+    device: str = "auto"
+    objective: str = "clip"
+
+    def __post_init__(self) -> None:
+        if self.objective != "clip":
+            raise NMTuneError(f"ClipConfig is the 'clip' objective, got {self.objective!r}")
+        if not isinstance(self.backbone_kwargs, dict):
+            raise NMTuneError(f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}")
+        for name in ("backbone", "dataset", "split", "device"):
+            check_str(getattr(self, name), name)
+        if self.pairs is not None:
+            check_str(self.pairs, "pairs")
+        object.__setattr__(self, "caption_swap", check_rate(self.caption_swap, "caption_swap"))
+        for name in ("lr", "weight_decay"):
+            check_number(name, getattr(self, name))
+        for name in ("text_width", "text_layers", "text_heads", "context_length", "embed_dim",
+                     "epochs", "batch_size"):
+            check_int(getattr(self, name), name, 1)
+        if self.limit is not None:
+            check_int(self.limit, "limit", 1)
+        for name in ("noise_seed", "warmup_steps", "seed"):
+            check_int(getattr(self, name), name, 0)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise NMTuneError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise NMTuneError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
+        """Build from a mapping (a YAML file, ``config.json``); unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise NMTuneError(f"contrastive pre-training settings must be a mapping, got {d!r}")
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], "contrastive settings")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``ClipConfig.from_dict(c.to_dict()) == c``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["backbone_kwargs"] = dict(self.backbone_kwargs)
+        return out
+
+
+
 def check_number(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise NMTuneError(f"{name} must be a number, got {value!r}")
@@ -153,4 +251,6 @@ class PretrainResult:
     noise_path = _run_file("noise.npz")
     config_path = _run_file("config.json")
     checkpoint_path = _run_file("checkpoint.pt")
+    #: Contrastive runs only: the whole CLIP model (both towers), for zero-shot evaluation.
+    model_path = _run_file("model.pt")
 
