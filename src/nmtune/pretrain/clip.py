@@ -46,11 +46,11 @@ from .config import ClipConfig, PretrainResult
 from .distributed import deterministic, distributed, local_rows, steps_per_epoch
 from .loop import build_backbone
 from .runfiles import (
-    claim_out_dir,
     load_checkpoint,
     read_noise,
-    read_run_json,
+    run_folder,
     save_checkpoint,
+    start_run,
     write_noise,
     write_outputs,
 )
@@ -240,16 +240,12 @@ def pretrain_clip(
         ``epochs``, ``num_train``, ``feature_dim`` (the image tower's), ``world_size``,
         ``device``, ``seconds`` (of this call).
     """
-    result = PretrainResult(Path(out_dir), {})
-    if result.out_dir.exists() and not result.out_dir.is_dir():
-        raise NMTuneError(f"{result.out_dir} is a file, not a folder: give the run a folder")
+    result = run_folder(out_dir)
     t0 = time.perf_counter()
     with distributed(config.device) as ctx:
-        if ctx.is_main:
-            claim_out_dir(result, config, resume)
-        ctx.barrier()
-        if resume and result.metrics_path.is_file() and result.backbone_path.is_file():
-            return PretrainResult(result.out_dir, read_run_json(result.metrics_path))
+        finished = start_run(result, config, resume, ctx)
+        if finished is not None:
+            return PretrainResult(result.out_dir, finished)
 
         # -- data: captions are swapped exactly once; every rank reads rank 0's file.
         images, captions = load_pairs(config)

@@ -17,8 +17,33 @@ _OPTIMIZERS = ("sgd", "adamw")
 PLACEMENT_KEYS = ("device", "num_workers")
 
 
+class _Settings:
+    """``from_dict`` and ``to_dict`` of a frozen settings dataclass (YAML, ``config.json``)."""
+
+    #: What the settings are, for error messages.
+    _WHAT = "settings"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Build from a mapping; unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise NMTuneError(f"{cls._WHAT} must be a mapping, got {d!r}")
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], cls._WHAT)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``type(c).from_dict(c.to_dict()) == c``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in out.items():
+            if isinstance(value, dict):
+                out[name] = dict(value)
+            elif hasattr(value, "to_dict"):  # a NoiseSpec
+                out[name] = value.to_dict()
+        return out
+
+
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(_Settings):
     """Everything that determines a pre-training run. Defaults are the CPU-sized pilot setting.
 
     Parameters
@@ -83,6 +108,8 @@ class PretrainConfig:
     num_workers: int = 0
     device: str = "auto"
 
+    _WHAT = "pre-training settings"
+
     def __post_init__(self) -> None:
         if isinstance(self.noise, dict):
             object.__setattr__(self, "noise", NoiseSpec.from_dict(self.noise))
@@ -114,24 +141,10 @@ class PretrainConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise NMTuneError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
-        """Build from a mapping (a YAML section, ``config.json``); unknown keys are an error."""
-        if not isinstance(d, dict):
-            raise NMTuneError(f"pre-training settings must be a mapping, got {d!r}")
-        check_keys(d, [f.name for f in dataclasses.fields(cls)], "pre-training settings")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``PretrainConfig.from_dict(c.to_dict()) == c``."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["noise"] = self.noise.to_dict()
-        out["backbone_kwargs"] = dict(self.backbone_kwargs)
-        return out
 
 
 @dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(_Settings):
     """Everything that determines a contrastive pre-training run (CPU-sized defaults).
 
     Parameters
@@ -188,6 +201,8 @@ class ClipConfig:
     device: str = "auto"
     objective: str = "clip"
 
+    _WHAT = "contrastive pre-training settings"
+
     def __post_init__(self) -> None:
         if self.objective != "clip":
             raise NMTuneError(f"ClipConfig is the 'clip' objective, got {self.objective!r}")
@@ -212,19 +227,6 @@ class ClipConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise NMTuneError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
-        """Build from a mapping (a YAML file, ``config.json``); unknown keys are an error."""
-        if not isinstance(d, dict):
-            raise NMTuneError(f"contrastive pre-training settings must be a mapping, got {d!r}")
-        check_keys(d, [f.name for f in dataclasses.fields(cls)], "contrastive settings")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``ClipConfig.from_dict(c.to_dict()) == c``."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["backbone_kwargs"] = dict(self.backbone_kwargs)
-        return out
 
 
 

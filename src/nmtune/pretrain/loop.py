@@ -38,7 +38,6 @@ import inspect
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,16 +46,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torch import autocast, seed_everything, tune_cpu_allocator
-from .._validation import NMTuneError
 from .config import PretrainConfig, PretrainResult
 from .distributed import Dist, deterministic, distributed, local_rows, steps_per_epoch
 from .inputs import Preprocessed, Streamed, crop_and_flip, model_input
 from .runfiles import (
-    claim_out_dir,
     load_checkpoint,
     read_noise,
-    read_run_json,
+    run_folder,
     save_checkpoint,
+    start_run,
     write_noise,
     write_outputs,
 )
@@ -93,15 +91,11 @@ def pretrain(
     -------
     PretrainResult
     """
-    result = PretrainResult(Path(out_dir), {})
-    if result.out_dir.exists() and not result.out_dir.is_dir():
-        raise NMTuneError(f"{result.out_dir} is a file, not a folder: give the run a folder")
+    result = run_folder(out_dir)
     with distributed(config.device) as ctx, deterministic(ctx.device):
-        if ctx.is_main:
-            claim_out_dir(result, config, resume)
-        ctx.barrier()
-        if resume and result.metrics_path.is_file() and result.backbone_path.is_file():
-            return PretrainResult(result.out_dir, read_run_json(result.metrics_path))
+        finished = start_run(result, config, resume, ctx)
+        if finished is not None:
+            return PretrainResult(result.out_dir, finished)
         if ctx.device.type == "cpu":
             tune_cpu_allocator()
         order_gen = seed_everything(config.seed)

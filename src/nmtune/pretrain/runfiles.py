@@ -23,6 +23,25 @@ from .._validation import NMTuneError
 from .config import PLACEMENT_KEYS, PretrainResult
 
 
+def run_folder(out_dir) -> PretrainResult:
+    """The run files of folder ``out_dir`` (not yet created); a file there is an error."""
+    result = PretrainResult(Path(out_dir), {})
+    if result.out_dir.exists() and not result.out_dir.is_dir():
+        raise NMTuneError(f"{result.out_dir} is a file, not a folder: give the run a folder")
+    return result
+
+
+def start_run(result: PretrainResult, config, resume: bool, ctx) -> dict[str, Any] | None:
+    """Claim the folder for ``config`` on rank 0 (:func:`claim_out_dir`), then on every rank:
+    the finished run's metrics when ``resume`` finds it complete, else ``None``."""
+    if ctx.is_main:
+        claim_out_dir(result, config, resume)
+    ctx.barrier()
+    if resume and result.metrics_path.is_file() and result.backbone_path.is_file():
+        return read_run_json(result.metrics_path)
+    return None
+
+
 def claim_out_dir(result: PretrainResult, config, resume: bool) -> None:
     """Write ``config.json``, or check it against ``config``; ``resume=False`` clears old state.
 
