@@ -21,8 +21,9 @@ import time
 import torch
 
 from nmtune.backbones import create_backbone
-from nmtune.contrastive import CLIPModel, TextTransformer, clip_loss, train_clip
+from nmtune.contrastive import CLIPModel, TextTransformer, clip_loss
 from nmtune.data.pairs import synthetic_pairs
+from nmtune.pretrain import train_clip
 
 BATCH = 128
 

@@ -11,13 +11,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from nmtune._validation import NMTuneError
 from nmtune.backbones import create_backbone
-from nmtune.contrastive import ByteTokenizer, CLIPModel, TextTransformer, clip_loss, train_clip
+from nmtune.contrastive import ByteTokenizer, CLIPModel, TextTransformer, clip_loss
+from nmtune.pretrain import train_clip
 
 
 def _numpy_infonce(img: np.ndarray, txt: np.ndarray, scale: float) -> float:
@@ -176,7 +178,8 @@ def test_torchrun_training_equals_one_process(two_ranks, tmp_path):
 TRAIN_SCRIPT = """
 import sys, time, torch
 from nmtune.backbones import create_backbone
-from nmtune.contrastive import CLIPModel, TextTransformer, train_clip
+from nmtune.contrastive import CLIPModel, TextTransformer
+from nmtune.pretrain import train_clip
 
 out, pause = sys.argv[1], sys.argv[2] == "pause"
 images = torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(0)).numpy()
@@ -234,3 +237,146 @@ def test_resume_refuses_other_settings(tmp_path):
     train_clip(model, images.numpy(), captions, tmp_path, epochs=1, batch_size=4)
     with pytest.raises(NMTuneError, match=r"other settings \(lr\)"):
         train_clip(model, images.numpy(), captions, tmp_path, epochs=1, batch_size=4, lr=1.0)
+
+
+# ---------------------------------------------------------------- nmtune pretrain --objective clip
+
+CLIP_ARGS = [
+    "pretrain", "--objective", "clip", "--dataset", "digits", "--limit", "120",
+    "--backbone", "resnet8", "--width", "4", "--noise", "caption_swap:0.2", "--epochs", "3",
+    "--batch-size", "24", "--seed", "1", "--device", "cpu",
+]
+
+
+def _clip_yaml(tmp_path) -> str:
+    """The text-tower and embedding sizes (no flags for them) as a ClipConfig file."""
+    path = tmp_path / "clip.yaml"
+    path.write_text("objective: clip\ntext_width: 16\ntext_layers: 1\ntext_heads: 2\n"
+                    "context_length: 48\nembed_dim: 8\n")
+    return str(path)
+
+
+def _clip_cli(tmp_path, out, *extra) -> list[str]:
+    return [*CLIP_ARGS, "--config", _clip_yaml(tmp_path), "--out", str(out), *extra]
+
+
+def test_clip_pretraining_through_the_cli(tmp_path, capsys):
+    from nmtune.cli import main as cli_main
+    from nmtune.data.pairs import synthetic_pairs
+
+    out = tmp_path / "run"
+    assert cli_main(_clip_cli(tmp_path, out, "--json", "--quiet")) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json", "noise.npz", "history.csv", "history.png", "backbone.pt", "model.pt",
+        "metrics.json"}
+    assert not (out / "checkpoint.pt").exists()  # removed once the run completed
+    assert json.loads((out / "config.json").read_text())["objective"] == "clip"
+
+    # Caption swap: exactly round(0.2 * 120) = 24 captions moved, none lost or duplicated.
+    clean = synthetic_pairs("digits", "train", 120, seed=1).captions
+    noise = np.load(out / "noise.npz")
+    assert noise["clean"].tolist() == clean
+    assert noise["changed"].sum() == 24
+    assert np.array_equal(noise["changed"], noise["noisy"] != noise["clean"])
+    assert sorted(noise["noisy"].tolist()) == sorted(clean)
+    assert metrics["realised_noise_rate"] == 24 / 120 and metrics["caption_swap"] == 0.2
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert metrics["train_loss"] == pytest.approx(history["train_loss"].iloc[-1])
+
+    # backbone.pt is the image tower: the registry backbone loads it and extracts its features.
+    clip_state = torch.load(out / "model.pt", weights_only=True)
+    backbone = create_backbone("resnet8", weights=str(out / "backbone.pt"), width=4)
+    tower = {k.removeprefix("image_tower."): v for k, v in clip_state.items()
+             if k.startswith("image_tower.")}
+    loaded = backbone.module.state_dict()
+    assert loaded.keys() == tower.keys()
+    assert all(torch.equal(loaded[k], tower[k]) for k in tower)
+
+    # A rerun returns the finished run; another config in the same folder is refused.
+    assert cli_main(_clip_cli(tmp_path, out, "--json", "--quiet")) == 0
+    assert json.loads(capsys.readouterr().out) == metrics
+    assert cli_main(_clip_cli(tmp_path, out, "--quiet", "--lr", "0.5")) == 2
+    assert "another config (lr:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--noise", "symmetric:0.2"], "caption_swap:RATE"),
+    (["--optimizer", "sgd"], "--optimizer does not apply to --objective clip"),
+    (["--noise", "caption_swap:1.5"], "caption_swap"),
+])
+def test_clip_cli_errors_are_one_line(tmp_path, capsys, argv, match):
+    from nmtune.cli import main as cli_main
+
+    assert cli_main([*_clip_cli(tmp_path, tmp_path / "r", "--quiet"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+
+
+def test_pairs_flag_needs_the_clip_objective(tmp_path, capsys):
+    from nmtune.cli import main as cli_main
+
+    argv = ["pretrain", "--backbone", "resnet8", "--dataset", "digits", "--pairs", "x.csv",
+            "--out", str(tmp_path)]
+    assert cli_main(argv) == 2
+    assert "--pairs needs --objective clip" in capsys.readouterr().err
+
+
+def _clip_process(tmp_path, out) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "nmtune", *_clip_cli(tmp_path, out)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def test_clip_cli_killed_mid_run_resumes_bit_identical(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    victim = _clip_process(tmp_path, killed)
+    try:
+        # The epoch line is printed after that epoch's checkpoint is written.
+        assert victim.stdout.readline().startswith("clip epoch 1/3")
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+    done = len(torch.load(killed / "checkpoint.pt", weights_only=True)["history"])
+    assert 1 <= done < 3
+    uninterrupted = _clip_process(tmp_path, whole)
+    resumed = _clip_process(tmp_path, killed)
+    out, _ = resumed.communicate(timeout=120)
+    assert out.startswith(f"clip epoch {done + 1}/3")  # it went on from the checkpoint
+    assert uninterrupted.wait(timeout=120) == 0 and resumed.returncode == 0
+    for name in ("backbone.pt", "model.pt"):
+        a = torch.load(whole / name, weights_only=True)
+        b = torch.load(killed / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    m = [json.loads((d / "metrics.json").read_text()) for d in (whole, killed)]
+    assert {k: v for k, v in m[0].items() if k != "seconds"} == {
+        k: v for k, v in m[1].items() if k != "seconds"}
+
+
+def test_export_pairs_writes_what_the_run_trains_on(tmp_path, capsys):
+    from nmtune.cli import main as cli_main
+    from nmtune.data.pairs import read_csv, read_shards, synthetic_pairs
+
+    assert cli_main(_clip_cli(tmp_path, tmp_path / "run", "--quiet", "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert cli_main([*_clip_cli(tmp_path, tmp_path / "unused", "--json"), "--export-pairs",
+                     str(tmp_path / "export")]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written["num_pairs"] == 120 and written["realised_noise_rate"] == 0.2
+    assert not (tmp_path / "unused").exists()  # exporting trains nothing
+    trained = np.load(tmp_path / "run" / "noise.npz")["noisy"].tolist()
+    shards = list(read_shards(str(tmp_path / "export" / "shards" / "shard-000000.tar")))
+    table = list(read_csv(tmp_path / "export" / "pairs.csv"))
+    assert [p.caption for p in shards] == [p.caption for p in table] == trained
+    images = synthetic_pairs("digits", "train", 120, seed=1).images
+    decoded = np.stack([p.decode() for p in shards])
+    np.testing.assert_allclose(decoded, images, atol=0.5 / 255 + 1e-6)  # PNG holds 8 bits
+
+    # Pairs read back from the exported CSV train as --pairs, with the same swap recorded.
+    out = tmp_path / "from-csv"
+    assert cli_main([*_clip_cli(tmp_path, out, "--json", "--quiet", "--noise", "none"),
+                     "--pairs", str(tmp_path / "export" / "pairs.csv"), "--epochs", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["realised_noise_rate"] == 0
+    assert np.load(out / "noise.npz")["clean"].tolist() == trained

@@ -15,6 +15,7 @@ from PIL import Image
 
 import nmtune.data.lazy as lazy_mod
 import nmtune.pretrain as pretrain_mod
+import nmtune.pretrain.loop as loop_mod
 from nmtune._validation import NMTuneError
 from nmtune.backbones import create_backbone
 from nmtune.backbones.resnet import Bottleneck, ImageNetResNet
@@ -25,6 +26,7 @@ from nmtune.data import load_dataset
 from nmtune.data.lazy import LazyImages, decode_cover_crop
 from nmtune.features import extract
 from nmtune.pretrain import PretrainConfig, pretrain
+from nmtune.pretrain.inputs import Preprocessed, Streamed, crop_and_flip
 from nmtune.study import PACKAGED_CONFIGS, NoiseGrid, _make_tuner, _Runner, load_config
 
 CLASSES = ("ant", "bee", "cat")
@@ -251,8 +253,8 @@ def _pretrain(root, out, monkeypatch, lazy: bool, **overrides):
 @pytest.mark.usefixtures("one_thread")
 def test_streamed_pretraining_equals_in_memory(big_tree, tmp_path, monkeypatch, augment):
     crops = []
-    real_crop = pretrain_mod._crop_and_flip
-    monkeypatch.setattr(pretrain_mod, "_crop_and_flip",
+    real_crop = loop_mod.crop_and_flip
+    monkeypatch.setattr(loop_mod, "crop_and_flip",
                         lambda x, u: crops.append(len(x)) or real_crop(x, u))
     lazy = _pretrain(big_tree, tmp_path / "lazy", monkeypatch, lazy=True, augment=augment)
     memory = _pretrain(big_tree, tmp_path / "memory", monkeypatch, lazy=False, augment=augment)
@@ -270,8 +272,8 @@ def test_worker_processes_stream_the_same_batches(tree):
     preprocess = create_backbone("resnet8", in_channels=3).preprocess
     rows = [torch.tensor([3, 0, 14]), torch.tensor([7]), torch.arange(15)]
     cpu = torch.device("cpu")
-    streamed = pretrain_mod._Streamed(lazy.inputs, preprocess, cpu, num_workers=2)
-    in_memory = pretrain_mod._Preprocessed(memory.inputs, preprocess, cpu)
+    streamed = Streamed(lazy.inputs, preprocess, cpu, num_workers=2)
+    in_memory = Preprocessed(memory.inputs, preprocess, cpu)
     assert len(streamed) == len(in_memory) == 15
     for got, want in zip(streamed.batches(rows), in_memory.batches(rows), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -281,14 +283,14 @@ def test_worker_processes_stream_the_same_batches(tree):
 def test_crop_and_flip_geometry():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     whole = torch.tensor([[1.0, 0.5, 0.5, 0.5, 0.9]] * 2)  # full area, square, centred
-    torch.testing.assert_close(pretrain_mod._crop_and_flip(x, whole), x)
+    torch.testing.assert_close(crop_and_flip(x, whole), x)
     flipped = whole.clone()
     flipped[:, 4] = 0.1
-    torch.testing.assert_close(pretrain_mod._crop_and_flip(x, flipped), x.flip(-1))
+    torch.testing.assert_close(crop_and_flip(x, flipped), x.flip(-1))
     # A quarter of the area, square, in the top-left corner: pixel (1, 1) of the output samples
     # input (0.25, 0.25) in pixel units, i.e. 9/16 of x[0,0] + 3/16 of each neighbour + 1/16.
     corner = torch.tensor([[0.25 / 0.92 - 0.08 / 0.92, 0.5, 0.0, 0.0, 0.9]] * 2)
-    out = pretrain_mod._crop_and_flip(x, corner)
+    out = crop_and_flip(x, corner)
     p = x[..., :2, :2]
     want = (9 * p[..., 0, 0] + 3 * p[..., 0, 1] + 3 * p[..., 1, 0] + p[..., 1, 1]) / 16
     torch.testing.assert_close(out[..., 1, 1], want)

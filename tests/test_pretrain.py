@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-import nmtune.pretrain as pretrain_mod
+import nmtune.pretrain.loop as loop_mod
 from nmtune._validation import NMTuneError
 from nmtune.backbones import create_backbone
 from nmtune.cli import main as cli_main
 from nmtune.data import load_dataset
 from nmtune.noise import NoiseSpec
 from nmtune.pretrain import PretrainConfig, pretrain
+from nmtune.pretrain.distributed import steps_per_epoch
 
 BASE = dict(
     backbone="resnet8",
@@ -245,7 +246,7 @@ def test_two_process_ddp_matches_single_process(straight, tmp_path, monkeypatch)
     # same gradient (mean over the global batch), data order and buffers. Only the float order
     # of the gradient all-reduce differs: measured 7e-8 relative after one step, growing with
     # the chaotic training dynamics to ~6e-3 (global L2 of the weights) after these 56 steps.
-    build = pretrain_mod._build_backbone
+    build = loop_mod.build_backbone
 
     def rankwise(config):
         backbone = build(config)
@@ -254,7 +255,7 @@ def test_two_process_ddp_matches_single_process(straight, tmp_path, monkeypatch)
                 m.__class__ = _RankwiseBatchNorm
         return backbone
 
-    monkeypatch.setattr(pretrain_mod, "_build_backbone", rankwise)
+    monkeypatch.setattr(loop_mod, "build_backbone", rankwise)
     emulated = pretrain(PretrainConfig(**BASE), tmp_path / "emulated", progress=False)
     w_ddp = _weights(ddp_dir / "backbone.pt")
     assert _relative_l2(w_ddp, _weights(emulated.backbone_path)) < 2e-2
@@ -314,7 +315,7 @@ def test_bad_run_inputs(tmp_path, change, match):
 
 def test_batch_must_split_evenly_over_ranks():
     with pytest.raises(NMTuneError, match="divisible by the number of processes"):
-        pretrain_mod._steps_per_epoch(1000, 64, 3)
+        steps_per_epoch(1000, 64, 3)
 
 
 # --------------------------------------------------------------------------- CLI

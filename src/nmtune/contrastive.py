@@ -12,34 +12,28 @@ The pieces follow CLIP (Radford et al. 2021) and open_clip:
 - :func:`clip_loss`: the symmetric cross-entropy over the ``N x N`` similarity matrix. Under
   ``torch.distributed`` every rank gathers every rank's features, puts its own (with their
   gradient) back in its slot, and computes the loss of the whole global batch.
-- :func:`train_clip`: a resumable training loop (one process or ``torchrun``).
+
+The training loop, :func:`nmtune.pretrain.train_clip`, and the run folder of
+``nmtune pretrain --objective clip`` live in :mod:`nmtune.pretrain.clip`.
 
 Gradient convention under DDP: each rank's loss *equals* the one-process loss of the
 concatenated batch, but its gradient flows only through the local features (and ``1/W`` of
 the shared temperature), so the ranks' gradients sum to the one-process gradient and DDP's
 average is ``1/W`` of it.
-:func:`train_clip` back-propagates ``W · loss`` so that a ``W``-process run of batch ``B`` takes
+``train_clip`` back-propagates ``W · loss`` so that a ``W``-process run of batch ``B`` takes
 the same optimiser steps as a one-process run of batch ``W·B`` (up to float rounding, and as
 long as the image tower has no BatchNorm, whose statistics stay per rank).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_path, write_json_atomic
-from ._torch import resolve_device
 from ._validation import NMTuneError
 
 __all__ = [
@@ -48,7 +42,6 @@ __all__ = [
     "TextTransformer",
     "clip_loss",
     "gather_features",
-    "train_clip",
 ]
 
 #: CLIP's initial temperature 0.07, stored as a log scale.
@@ -257,212 +250,3 @@ def clip_loss(
     logits = _rank_share(scale) * images @ texts.T
     targets = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
-# --------------------------------------------------------------------------- training
-
-
-@contextlib.contextmanager
-def _process_group(device: torch.device) -> Iterator[tuple[int, int, torch.device]]:
-    """``(rank, world, device)``; joins the ``torchrun`` group when ``WORLD_SIZE > 1``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield 0, 1, device
-        return
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield dist.get_rank(), dist.get_world_size(), device
-    finally:
-        if owns:
-            dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def _deterministic(device: torch.device) -> Iterator[None]:
-    """Deterministic kernels on CPU (bit-identical resume); the previous setting is restored."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(before or device.type == "cpu")
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """CLIP's AdamW groups: no decay on gains, biases and the temperature."""
-    decay, plain = [], []
-    for name, param in model.named_parameters():
-        no_decay = param.ndim < 2 or "logit_scale" in name
-        (plain if no_decay else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-def _cosine_lr(step: int, total: int, lr: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 0, as open_clip's default schedule."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * lr * (1 + math.cos(math.pi * progress))
-
-
-def _data_digest(images: torch.Tensor, tokens: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for t in (images, tokens):
-        digest.update(str((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def train_clip(
-    model: CLIPModel,
-    images,
-    captions: Sequence[str],
-    out_dir: str | os.PathLike,
-    *,
-    epochs: int = 5,
-    batch_size: int = 64,
-    lr: float = 5e-4,
-    weight_decay: float = 0.1,
-    warmup_steps: int = 0,
-    seed: int = 0,
-    device: str = "cpu",
-    resume: bool = True,
-    on_epoch: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Train ``model`` contrastively on in-memory pairs; resumable, ``torchrun``-aware.
-
-    Every epoch visits a seeded permutation of the pairs in full global batches of
-    ``batch_size`` (the short tail is dropped: every rank needs equal shares, and the loss
-    equal batch sizes), AdamW with open_clip's warm-up + cosine schedule, and the logit scale
-    clamped after every step. Under ``torchrun`` each rank takes ``batch_size / W`` rows of
-    every global batch and back-propagates ``W · loss`` (see the module notes), so the steps
-    equal a one-process run's. After each epoch rank 0 writes ``out_dir/checkpoint.pt``
-    atomically; a rerun with ``resume=True`` continues from it, and on CPU (deterministic
-    kernels, no randomness but the seeded data order) ends bit-identical to an
-    uninterrupted run. The trained weights go to ``out_dir/model.pt`` and the per-epoch
-    records to ``out_dir/history.json``.
-
-    Parameters
-    ----------
-    model : CLIPModel
-    images : array-like of shape (N, C, H, W), float32
-        Already preprocessed for the image tower.
-    captions : sequence of str, length N
-    out_dir : path
-    epochs, batch_size : int
-        ``batch_size`` is global and must be divisible by the number of processes.
-    lr, weight_decay : float
-    warmup_steps : int
-    seed : int
-        Seeds the data order.
-    device : str
-        ``"cpu"``, ``"cuda"`` or ``"auto"``; under ``torchrun`` with CUDA, ``cuda:LOCAL_RANK``.
-    resume : bool
-        Continue from ``out_dir/checkpoint.pt`` when present (else start over).
-    on_epoch : callable, optional
-        Called on rank 0 with each epoch's record, after its checkpoint is written.
-
-    Returns
-    -------
-    history : list of dict
-        One record per epoch: ``epoch``, ``loss`` (mean over its steps), ``logit_scale``
-        (``exp`` of it, after the epoch), ``lr``.
-    """
-    images = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    tokens = model.tokenize(list(captions))
-    if len(images) != len(tokens):
-        raise NMTuneError(f"{len(images)} images but {len(tokens)} captions")
-    if epochs < 1:
-        raise NMTuneError(f"epochs must be >= 1, got {epochs}")
-    out_dir = Path(out_dir)
-    config = {
-        "n": len(images),
-        "epochs": epochs,  # the learning-rate schedule spans all of them
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup_steps": warmup_steps,
-        "seed": seed,
-        "data": _data_digest(images, tokens),
-    }
-    with _process_group(resolve_device(device)) as (rank, world, dev), _deterministic(dev):
-        if batch_size % world or len(images) < batch_size:
-            raise NMTuneError(
-                f"batch_size {batch_size} must be divisible by {world} process(es) and at most "
-                f"the {len(images)} pairs"
-            )
-        model.to(dev)
-        optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
-        start, history = _resume(out_dir / "checkpoint.pt", model, optimizer, config, resume)
-        net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-        steps, local = len(images) // batch_size, batch_size // world
-        for epoch in range(start, epochs):
-            net.train()
-            order = torch.randperm(
-                len(images), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            )
-            total = torch.zeros((), dtype=torch.float64, device=dev)
-            for step in range(steps):
-                rows = order[step * batch_size + rank * local :][:local]
-                rate = _cosine_lr(epoch * steps + step, epochs * steps, lr, warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = rate
-                loss = clip_loss(*net(images[rows].to(dev), tokens[rows].to(dev)))
-                optimizer.zero_grad(set_to_none=True)
-                (loss * world).backward()  # DDP averages: W·loss gives the one-process gradient
-                optimizer.step()
-                model.clamp_logit_scale_()
-                total += loss.detach().double()
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "loss": float(total / steps),
-                    "lr": rate,
-                    "logit_scale": float(model.logit_scale.detach().exp()),
-                }
-            )
-            if rank == 0:
-                _save_checkpoint(out_dir / "checkpoint.pt", model, optimizer, config, history)
-                if on_epoch is not None:
-                    on_epoch(history[-1])
-            if world > 1:
-                dist.barrier()
-        if rank == 0:
-            with atomic_path(out_dir / "model.pt") as tmp:
-                torch.save(model.state_dict(), tmp)
-            write_json_atomic(out_dir / "history.json", history)
-        if world > 1:
-            dist.barrier()  # every rank returns once the outputs exist
-    return history
-
-
-def _save_checkpoint(path: Path, model, optimizer, config: dict, history: list) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "config": config,
-        "history": history,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _resume(path: Path, model, optimizer, config: dict, resume: bool) -> tuple[int, list]:
-    """Load ``path`` into ``model``/``optimizer``; ``(epochs done, history)``, or a fresh start."""
-    if not (resume and path.is_file()):
-        return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    changed = sorted(k for k in config if state["config"].get(k) != config[k])
-    if changed:
-        raise NMTuneError(
-            f"{path} was written with other settings ({', '.join(changed)}); use another "
-            f"out_dir or resume=False"
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return len(state["history"]), state["history"]
