@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -15,6 +17,32 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import NMTuneError, available_memory, check_memory, format_bytes
+
+#: Temporary names carry host and pid, so a later writer of the same file can tell a
+#: temporary whose writer was killed (SIGKILL skips every cleanup) from one still in use.
+_HOST = socket.gethostname().replace(".", "_")
+
+
+def _reap_orphans(path: Path) -> None:
+    """Remove temporaries of ``path`` left by writers on this host that no longer exist.
+
+    Writers on other hosts (a shared cache under Ray) are left alone: their pids mean nothing
+    here.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{_HOST}.*.tmp"):
+        pid = tmp.name[len(f".{path.name}.{_HOST}."):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -26,7 +54,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _reap_orphans(path)
+    prefix = f".{path.name}.{_HOST}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
     # mkstemp creates 0600; give the file the mode a plain open() would (0666 less umask).
