@@ -97,22 +97,22 @@ def create_tuner(name: str, **params):
 # -- built-in tuners ---------------------------------------------------------------------------
 
 
-@register_tuner("lp", description="CLIP-protocol linear probe (L2 strength chosen on a "
-                "validation split)")
+@register_tuner("lp", description="CLIP-protocol linear probe, L2 strength chosen on a "
+                "validation split")
 def _linear_probe() -> type:
     from .linear import LinearProbe
 
     return LinearProbe
 
 
-@register_tuner("mlp", description="MLP probe: the NMTune model trained with cross-entropy alone")
+@register_tuner("mlp", description="MLP probe, the NMTune model trained with cross-entropy alone")
 def _mlp_probe() -> type:
     from .mlp import MLPProbe
 
     return MLPProbe
 
 
-@register_tuner("nmtune", description="NMTune: the MLP probe with its consistency, covariance "
+@register_tuner("nmtune", description="NMTune, the MLP probe plus its consistency, covariance "
                 "and spectrum regularisers")
 def _nmtune() -> type:
     from .mlp import NMTuneClassifier
