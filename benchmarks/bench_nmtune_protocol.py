@@ -48,7 +48,7 @@ from nmtune.data import load_dataset
 from nmtune.features import extract, resolve_augment, row_seeds
 from nmtune.objective import AUTHOR_WEIGHTS
 from nmtune.pretrain import PretrainConfig, pretrain
-from nmtune.tuners import LinearProbe, NMTuneClassifier, ResidualMLP, _batch_bounds, train_step
+from nmtune.tuners import LinearProbe, NMTuneClassifier, ResidualMLP, batch_bounds, train_step
 
 #: The authors' tuning settings (docs/design.md §3.1); (a) and (b) share them.
 LR, WEIGHT_DECAY, BATCH_SIZE, HIDDEN_RATIO = 1e-3, 1e-4, 64, 4
@@ -85,7 +85,7 @@ def authors_procedure(backbone, train, seed: int, epochs: int, device) -> tuple[
     with torch.random.fork_rng(devices=[]):  # the initialisation NMTuneClassifier.fit draws
         torch.manual_seed(seed)
         model = ResidualMLP(backbone.feature_dim, HIDDEN_RATIO, classes.size).to(device)
-    bounds = _batch_bounds(len(train), BATCH_SIZE)
+    bounds = batch_bounds(len(train), BATCH_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(bounds))
     order_generator = torch.Generator().manual_seed(seed)

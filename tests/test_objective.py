@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from nmtune.objective import (
+    AUTHOR_WEIGHTS,
+    REGULARISERS,
+    TERMS,
     consistency_mse,
     covariance_penalty,
+    loss_coefficients,
     nmtune_terms,
     top_singular_ratio,
 )
@@ -57,3 +61,29 @@ def test_svd_term_is_uncentred_and_maximal_for_rank_one():
 def test_terms_reject_misaligned_inputs():
     with pytest.raises(ValueError, match="row-aligned"):
         nmtune_terms(torch.randn(4, 3), torch.randn(5, 3))
+
+
+def test_two_stacked_views_pull_the_last_rows_towards_f():
+    # z holds view a then view b: mse compares view b with f; cov and svd use all 2N rows.
+    rng = np.random.default_rng(3)
+    z, f = rng.normal(size=(24, 5)), rng.normal(size=(12, 5))
+    got = nmtune_terms(torch.tensor(z), torch.tensor(f), top_k=3)
+    _, cov, svd = _np_terms(z, np.vstack([f, f]), 3)
+    mse = _np_terms(z[12:], f, 3)[0]
+    for g, w in zip(got, (mse, cov, svd), strict=True):
+        assert float(g) == pytest.approx(w, rel=1e-6)
+
+
+def test_a_term_weighted_zero_is_logged_without_a_graph():
+    z = torch.randn(16, 4, requires_grad=True)
+    terms = nmtune_terms(z, torch.randn(16, 4), weights=(0.0, 0.04, 0.0))
+    assert [t.requires_grad for t in terms] == [False, True, False]
+    assert all(t.requires_grad for t in nmtune_terms(z, torch.randn(16, 4)))
+
+
+def test_one_table_names_orders_and_signs_the_terms():
+    assert TERMS == ("ce", "mse", "cov", "svd")
+    assert AUTHOR_WEIGHTS == {"mse": 1.0, "cov": 0.04, "svd": 0.001}
+    # L = ce + w_mse·mse + w_cov·cov − w_svd·svd: svd is maximised.
+    assert loss_coefficients((2.0, 0.5, 0.25)) == [1.0, 2.0, 0.5, -0.25]
+    assert loss_coefficients([w.author_weight for w in REGULARISERS]) == [1.0, 1.0, 0.04, -0.001]

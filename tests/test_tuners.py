@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits, make_classification
+from sklearn.datasets import load_digits, make_blobs, make_classification
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -15,7 +15,14 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from nmtune._validation import NMTuneError
 from nmtune.objective import AUTHOR_WEIGHTS
-from nmtune.tuners import LinearProbe, MLPProbe, NMTuneClassifier, _batch_bounds
+from nmtune.tuners import (
+    LinearProbe,
+    MLPProbe,
+    NMTuneClassifier,
+    batch_bounds,
+    create_tuner,
+    list_tuners,
+)
 
 # Fast settings for small data: a few full passes with a larger step.
 FAST = {"epochs": 10, "lr": 3e-2, "batch_size": 32}
@@ -47,13 +54,17 @@ def _standardised_blobs(n=400, d=20, classes=4, seed=0):
 # ------------------------------------------------------------------ scikit-learn conformance
 
 _FLOAT32_REASON = (
-    "predictions run in float32: a subset and the whole set may differ in the last float32 "
-    "bit (~1e-7), the check wants 1e-7 absolute in float64"
+    "predictions run in float32 and BLAS sums a row alone in another order than inside a "
+    "batch: one row's logits differ from the same row's in the whole set by up to ~2-5e-7 "
+    "(measured), and whether the check's 20 rows all land within its 1e-7 absolute depends on "
+    "the fitted weights (it fails for MLPProbe here and for NMTune with other settings); "
+    "test_subset_predictions_agree_to_float32_rounding asserts what does hold"
 )
 
 
 def _expected_failures(estimator):
-    if isinstance(estimator, MLPProbe):
+    # MLPProbe is an NMTuneClassifier: the whole residual-MLP family predicts in float32.
+    if isinstance(estimator, NMTuneClassifier):
         return {"check_methods_subset_invariance": _FLOAT32_REASON}
     return {}
 
@@ -64,6 +75,59 @@ def _expected_failures(estimator):
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("cls", [MLPProbe, NMTuneClassifier])
+def test_subset_predictions_agree_to_float32_rounding(cls):
+    # Settings under which scikit-learn's 1e-7 subset check fails on this machine.
+    X = 3 * np.random.RandomState(0).uniform(size=(20, 3))
+    est = cls(hidden_ratio=8, random_state=1, **FAST).fit(X, X[:, 0].astype(int))
+    whole = est.decision_function(X)
+    rows = np.concatenate([est.decision_function(x[None]) for x in X])
+    np.testing.assert_allclose(rows, whole, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([est.predict(x[None]) for x in X]),
+                                  est.predict(X))
+
+
+# ------------------------------------------------------------------ the registry
+
+
+@pytest.mark.parametrize("spec", list_tuners(), ids=lambda spec: spec.name)
+def test_every_registered_tuner_builds_fits_and_predicts(spec):
+    X, y = make_blobs(n_samples=240, centers=3, n_features=8, cluster_std=3.0, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0,
+                                                        stratify=y)
+    params = {"random_state": 0, **(FAST if "epochs" in spec.param_names else {})}
+    est = create_tuner(spec.name, **params)
+    assert type(est) is spec.estimator and est.get_params().items() >= params.items()
+    assert spec.param_names == sorted(est.get_params())
+    assert spec.description and "\n" not in spec.description
+    # Within a few test samples of scikit-learn's logistic regression on the same split.
+    ref = LogisticRegression().fit(X_train, y_train).score(X_test, y_test)
+    assert ref > 0.8, "the blobs must be separable enough to score"
+    assert est.fit(X_train, y_train).score(X_test, y_test) >= ref - 0.05
+
+
+def test_registry_names_the_three_methods_and_refuses_unknown_ones():
+    assert [spec.name for spec in list_tuners()] == ["lp", "mlp", "nmtune"]
+    assert [create_tuner(name).__class__ for name in ("lp", "mlp", "nmtune")] == [
+        LinearProbe, MLPProbe, NMTuneClassifier]
+    with pytest.raises(NMTuneError, match="unknown tuner 'svm'; known: lp, mlp, nmtune"):
+        create_tuner("svm")
+    with pytest.raises(NMTuneError, match=r"bad settings for tuner 'lp' \(LinearProbe\)"):
+        create_tuner("lp", epochs=3)
+
+
+def test_listing_tuners_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from nmtune.tuners import list_tuners; list_tuners(); "
+            "print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert run.stdout.strip() == "False"
 
 
 # ------------------------------------------------------------------ linear probe
@@ -251,9 +315,9 @@ def test_validation_keeps_the_best_epoch_on_held_out_training_samples():
 
 
 def test_batches_never_leave_a_single_row():
-    assert _batch_bounds(129, 64) == [(0, 64), (64, 129)]
-    assert _batch_bounds(128, 64) == [(0, 64), (64, 128)]
-    assert _batch_bounds(10, 64) == [(0, 10)]
+    assert batch_bounds(129, 64) == [(0, 64), (64, 129)]
+    assert batch_bounds(128, 64) == [(0, 64), (64, 128)]
+    assert batch_bounds(10, 64) == [(0, 10)]
     X, y = _standardised_blobs(n=65)
     MLPProbe(epochs=1, batch_size=64).fit(X, y)  # would fail in BatchNorm with a 1-row batch
 
@@ -367,11 +431,11 @@ def test_a_fit_too_big_for_memory_is_refused_before_allocating(cls, monkeypatch)
 
 
 def test_memory_limit_is_overridable_and_uses_the_estimate(monkeypatch):
-    from nmtune.tuners import _fit_memory_bytes
+    from nmtune.tuners import fit_memory_bytes
 
     X, y = _standardised_blobs(n=60, d=40)
     est = NMTuneClassifier(epochs=1, device="cpu", random_state=0)
-    needed = _fit_memory_bytes(est, 1, 60, 40, 4)
+    needed = fit_memory_bytes(est, 1, 60, 40, 4)
     monkeypatch.setenv("NMTUNE_MEMORY_LIMIT", str(needed - 1))
     with pytest.raises(NMTuneError, match="NMTUNE_MEMORY_LIMIT"):
         est.fit(X, y)
@@ -390,7 +454,7 @@ def test_memory_limit_is_overridable_and_uses_the_estimate(monkeypatch):
 _PEAK_SCRIPT = """
 import numpy as np, torch
 torch.set_num_threads(1)
-from nmtune.tuners import NMTuneClassifier, _fit_memory_bytes
+from nmtune.tuners import NMTuneClassifier, fit_memory_bytes
 
 def status(field):  # kB in /proc/self/status; VmHWM (peak) is per process image, not inherited
     line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
@@ -402,7 +466,7 @@ NMTuneClassifier(epochs=1, device="cpu").fit(X[:, :8], y)  # load kernels and th
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
 before = status("VmRSS")
 est = NMTuneClassifier(epochs=1, device="cpu", random_state=0).fit(X, y)
-print(status("VmHWM") - before, _fit_memory_bytes(est, 1, 128, {d}, 4))
+print(status("VmHWM") - before, fit_memory_bytes(est, 1, 128, {d}, 4))
 """
 
 

@@ -43,6 +43,7 @@ from ._validation import NMTuneError, check_int, check_keys, check_str
 from .noise import SOURCED_KINDS, NoiseSpec
 from .pretrain import PretrainConfig
 from .results import chance_level, tidy_table
+from .tuners import create_tuner, get_tuner, list_tuners
 
 #: Bump when a cell's computation changes in a way its inputs don't show.
 CELL_FORMAT = 1
@@ -160,7 +161,6 @@ class StudyConfig:
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"raw"}
-_TUNERS = {"lp": "LinearProbe", "mlp": "MLPProbe", "nmtune": "NMTuneClassifier"}
 
 
 def pretrain_config(config: StudyConfig, ratio: float, seed: int) -> PretrainConfig:
@@ -276,10 +276,10 @@ def _methods(obj: Any, source: str, device: str) -> dict:
             raise NMTuneError(f"{where}: settings must be a mapping, got {params!r}")
         params = dict(params or {})
         params.setdefault("method", name)
-        if params["method"] not in _TUNERS:
+        names = tuple(spec.name for spec in list_tuners())
+        if params["method"] not in names:
             raise NMTuneError(
-                f"{where}: unknown type {params['method']!r}; give 'method:' one of "
-                f"{tuple(_TUNERS)}"
+                f"{where}: unknown type {params['method']!r}; give 'method:' one of {names}"
             )
         _check_method(params, where, device)
         methods[name] = params
@@ -289,12 +289,9 @@ def _methods(obj: Any, source: str, device: str) -> dict:
 def _check_method(params: dict, where: str, device: str) -> None:
     from sklearn.model_selection import ParameterGrid
 
-    from . import tuners
-
-    cls = getattr(tuners, _TUNERS[params["method"]])
     if "random_state" in params:
         raise NMTuneError(f"{where}: random_state is set from the study's seeds")
-    own = [p for p in cls._get_param_names() if p != "random_state"]
+    own = [p for p in get_tuner(params["method"]).param_names if p != "random_state"]
     check_keys(params, [*own, *_STUDY_METHOD_KEYS], where)
     check_int(params.get("views", 1), f"{where}.views", 1)
     val_size = params.get("select_val_size", 0.2)
@@ -511,22 +508,17 @@ def _make_tuner(params: dict, seed: int, device: str):
     """
     from sklearn.model_selection import GridSearchCV, StratifiedShuffleSplit
 
-    from .tuners import LinearProbe, MLPProbe, NMTuneClassifier
-
     params = dict(params)
-    cls = {"lp": LinearProbe, "mlp": MLPProbe, "nmtune": NMTuneClassifier}[params.pop("method")]
+    method = params.pop("method")
     grid = params.pop("select", None)
     val_size = params.pop("select_val_size", 0.2)
     params.pop("views", None)
-    if "device" in cls._get_param_names():
+    if "device" in get_tuner(method).param_names:
         params.setdefault("device", device)
-    try:
-        estimator = cls(random_state=seed, **params)
-    except TypeError as exc:
-        raise NMTuneError(f"bad settings for method {cls.__name__}: {exc}") from None
+    estimator = create_tuner(method, random_state=seed, **params)
     if not grid:
         return estimator
-    check_keys(grid, estimator.get_params(), f"select of {cls.__name__}")
+    check_keys(grid, estimator.get_params(), f"select of {type(estimator).__name__}")
     split = StratifiedShuffleSplit(n_splits=1, test_size=val_size, random_state=seed)
     return GridSearchCV(estimator, grid, cv=split, refit=True)
 

@@ -6,11 +6,11 @@ import argparse
 import json
 import time
 
-#: ``--method`` values and the estimator each names (imported lazily: torch is slow to load).
-METHODS = {"lp": "LinearProbe", "mlp": "MLPProbe", "nmtune": "NMTuneClassifier"}
-
 
 def register(subparsers) -> None:
+    from ..tuners import list_tuners  # the registry loads without torch
+
+    tuners = list_tuners()
     p = subparsers.add_parser(
         "tune",
         help="fit LP / MLP / NMTune on a feature file and print test accuracy",
@@ -21,8 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--train", required=True, metavar="TRAIN.npz", help="training feature file")
     p.add_argument("--test", required=True, action="append", metavar="NAME=TEST.npz",
                    help="a named test feature file; repeat for several (ID, OOD, ...)")
-    p.add_argument("--method", required=True, choices=sorted(METHODS),
-                   help="lp: CLIP-protocol linear probe; mlp: MLP probe; nmtune: NMTune")
+    p.add_argument("--method", required=True, choices=[spec.name for spec in tuners],
+                   help="; ".join(f"{spec.name}: {spec.description}" for spec in tuners))
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs for mlp/nmtune (default: the tuner's, 30)")
@@ -46,8 +46,8 @@ def _parse_tests(specs: list[str]) -> dict[str, str]:
 
 
 def _estimator(args: argparse.Namespace):
-    from .. import tuners
     from .._validation import NMTuneError
+    from ..tuners import create_tuner
 
     params = {"random_state": args.seed, "device": args.device}
     if args.epochs is not None:
@@ -56,7 +56,7 @@ def _estimator(args: argparse.Namespace):
         if args.epochs < 1:
             raise NMTuneError(f"--epochs must be >= 1, got {args.epochs}")
         params["epochs"] = args.epochs
-    return getattr(tuners, METHODS[args.method])(**params)
+    return create_tuner(args.method, **params)
 
 
 def _load(path: str, role: str):

@@ -1,0 +1,465 @@
+"""The residual-MLP family: :class:`NMTuneClassifier` and :class:`MLPProbe`.
+
+:class:`ResidualMLP` is ``z = s ⊙ MLP(f) + f`` with a linear head; :func:`train_step` is one
+optimiser step on NMTune's loss (docs/design.md §3.1), whose terms :mod:`nmtune.objective`
+names and computes. :class:`NMTuneClassifier` owns the training loop; :class:`MLPProbe` is it
+with the three regulariser weights fixed at 0, the paper's MLP baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+from numbers import Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils._param_validation import Interval
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torch import autocast, resolve_device, tune_cpu_allocator
+from .._validation import available_memory, check_memory
+from ..objective import AUTHOR_WEIGHTS, REGULARISERS, TERMS, loss_coefficients, nmtune_terms
+from .base import (
+    COMMON_CONSTRAINTS,
+    NON_NEGATIVE,
+    POSITIVE_INT,
+    FeatureClassifier,
+    check_fit_data,
+    check_predict_features,
+    seed_from,
+    standardizer,
+    stratified_split,
+)
+
+__all__ = [
+    "MLPProbe", "NMTuneClassifier", "ResidualMLP", "batch_bounds", "fit_memory_bytes",
+    "train_step",
+]
+
+#: Rows per forward pass at predict time: bounds memory for the r·D-wide hidden layer.
+_PREDICT_CHUNK = 4096
+
+
+class ResidualMLP(nn.Module):
+    """``z = s ⊙ MLP(f) + f`` with ``MLP = Linear(D, r·D) → BatchNorm1d → ReLU → Linear(r·D, D)``,
+    ``s`` a learnable 1×D scale initialised to 1, and a linear head on ``z``.
+
+    Parameters
+    ----------
+    dim : int
+        Feature width D.
+    hidden_ratio : int
+        r, the hidden width as a multiple of D.
+    n_classes : int
+        Outputs of the head.
+    """
+
+    def __init__(self, dim: int, hidden_ratio: int, n_classes: int):
+        super().__init__()
+        hidden = hidden_ratio * dim
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim)
+        )
+        self.scale = nn.Parameter(torch.ones(1, dim))
+        self.head = nn.Linear(dim, n_classes)
+
+    def transform(self, f: torch.Tensor) -> torch.Tensor:
+        """Tuned features, (N, D) -> (N, D)."""
+        return self.scale * self.mlp(f) + f
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, logits)`` of shapes (N, D) and (N, K)."""
+        z = self.transform(f)
+        return z, self.head(z)
+
+
+def _batch_terms(
+    model: ResidualMLP, fa: torch.Tensor, fb: torch.Tensor | None, y: torch.Tensor,
+    weights: tuple[float, float, float], top_k: int,
+) -> torch.Tensor:
+    """The unweighted loss terms of one batch (:data:`~nmtune.objective.TERMS`), as a vector.
+
+    ``fa``/``fb`` are the batch's two views (``fb`` None: one view, so view b = view a). Both
+    views go through the model together, so BatchNorm sees all 2·B rows. CE is over both
+    views; the regularisers are :func:`~nmtune.objective.nmtune_terms` of all rows.
+    """
+    f = fa if fb is None else torch.cat([fa, fb])
+    z, logits = model(f)
+    ce = F.cross_entropy(logits.float(), y if fb is None else torch.cat([y, y]))
+    return torch.stack([ce, *nmtune_terms(z.float(), fa.float(), top_k, weights)])
+
+
+def train_step(
+    model: ResidualMLP, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler, fa: torch.Tensor, fb: torch.Tensor | None,
+    y: torch.Tensor, weights: tuple[float, float, float] = (0.0, 0.0, 0.0), top_k: int = 5,
+) -> torch.Tensor:
+    """One optimiser and schedule step on ``L = ce + w_mse·mse + w_cov·cov − w_svd·svd``.
+
+    The step every MLP/NMTune fit takes, public so that a loop which computes the views' features
+    itself (e.g. the authors' encoder-in-the-loop procedure) trains the very same way.
+
+    Parameters
+    ----------
+    model : ResidualMLP
+        In training mode.
+    optimizer, schedule : the optimiser over ``model``'s parameters and its per-step schedule
+    fa, fb : Tensor of shape (B, D)
+        The batch's views a and b (``fb`` None: one view, so view b = view a).
+    y : Tensor of shape (B,), int64
+        Class indices.
+    weights : (float, float, float)
+        ``(w_mse, w_cov, w_svd)``; all 0 is the MLP probe.
+    top_k : int
+        Singular values in the svd term.
+
+    Returns
+    -------
+    Tensor of shape (4,)
+        The unweighted terms ``(ce, mse, cov, svd)`` (:data:`~nmtune.objective.TERMS`),
+        detached.
+    """
+    with autocast(fa.device):
+        terms = _batch_terms(model, fa, fb, y, weights, top_k)
+    optimizer.zero_grad(set_to_none=True)
+    (terms @ terms.new_tensor(loss_coefficients(weights))).backward()
+    optimizer.step()
+    schedule.step()
+    return terms.detach()
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each batch; a trailing 1-row batch joins the previous one, because
+    BatchNorm cannot normalise a single row in training mode."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], n], strict=True))
+
+
+def fit_memory_bytes(
+    estimator: NMTuneClassifier, n_views: int, n: int, d: int, n_classes: int
+) -> int:
+    """Bytes of float32 a :class:`MLPProbe` / :class:`NMTuneClassifier` fit allocates at peak.
+
+    The r·D hidden layer dominates: its 2·r·D² weights are counted eight times: values,
+    gradients, AdamW's two moments, and the step's temporaries (the moment's square root and
+    its quotient) with the allocator's slack, which together measured 5.3-7.2 copies of peak
+    RSS on CPU (D = 1024); nine with ``validation`` (the best epoch's copy).
+    Then the V×N×D training tensor, the D×D covariance of every step (computed for MLPProbe
+    too, for the logged terms) with its square and gradient, and the activations of one
+    step (two views of a batch) or of one evaluation chunk, whichever is larger.
+    """
+    hidden = estimator.hidden_ratio * d
+    params = 2 * d * hidden + 5 * hidden + 2 * d + (d + 1) * n_classes
+    copies = 8 + (estimator.validation is not None)
+    step_rows = 2 * min(2 * estimator.batch_size, n)  # a last 1-row batch joins the one before
+    # Per row: Linear, BatchNorm and ReLU outputs and their gradients (r·D each), ~10 D-wide.
+    activations = max(step_rows, min(n, _PREDICT_CHUNK)) * (6 * hidden + 10 * d)
+    return 4 * (copies * params + n_views * n * d + 3 * d * d + activations)
+
+
+def _check_fit_memory(
+    estimator: NMTuneClassifier, shape: tuple[int, int, int], n_classes: int
+) -> None:
+    """Refuse, before allocating anything, a fit that cannot fit in the device's memory."""
+    device = estimator.device_
+    available = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda"
+                 else available_memory())
+    n_views, n, d = shape
+    check_memory(
+        fit_memory_bytes(estimator, n_views, n, d, n_classes),
+        f"fitting {type(estimator).__name__} on {n_views}×{n}×{d} features with "
+        f"hidden_ratio={estimator.hidden_ratio} (a {estimator.hidden_ratio * d}-wide hidden "
+        f"layer) on {device}",
+        "lower hidden_ratio, project the features to fewer dimensions first (e.g. "
+        "sklearn.decomposition.PCA), or pass a device with more memory (device='cuda')",
+        available,
+    )
+
+
+_MLP_CONSTRAINTS = {
+    "hidden_ratio": POSITIVE_INT,
+    "lr": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "batch_size": POSITIVE_INT,
+    "epochs": POSITIVE_INT,
+    "standardize": ["boolean"],
+    "validation": [Interval(Real, 0, 1, closed="neither"), None],
+    "verbose": ["verbose"],
+    **COMMON_CONSTRAINTS,
+}
+
+
+class NMTuneClassifier(FeatureClassifier):
+    """NMTune: :class:`ResidualMLP` and its head trained with
+    ``L = CE + w_mse·mse + w_cov·cov − w_svd·svd``.
+
+    The terms are those of :mod:`nmtune.objective` (docs/design.md §3.1): consistency of the
+    tuned view b with the pre-trained view a, the VICReg covariance penalty over all rows, and
+    the mean top-``top_k`` singular-value ratio of ``z`` (maximised). Defaults are the authors'
+    weights.
+
+    Parameters
+    ----------
+    w_mse, w_cov, w_svd : float, default=1.0, 0.04, 0.001
+        Regulariser weights (:data:`nmtune.objective.AUTHOR_WEIGHTS`).
+    top_k : int, default=5
+        Singular values in the svd term.
+    hidden_ratio : int, default=4
+        Hidden width of the MLP as a multiple of D.
+    lr : float, default=1e-3
+        AdamW peak learning rate, decayed per step to 0 on a cosine.
+    weight_decay : float, default=1e-4
+    batch_size : int, default=64
+        Samples per step (each contributes one row per view used).
+    epochs : int, default=30
+    standardize : bool, default=False
+        Standardise features (mean and scale over all fit rows) before the MLP;
+        ``embed`` then returns tuned features in the standardised space. Off by default,
+        as the authors feed raw features, and raw did as well or better on backbone features
+        (docs/benchmarks.md). Turn it on for features far from unit scale (raw pixels, say):
+        the covariance term grows with the fourth power of the scale while CE does not, so
+        the regularisers' balance follows the scale.
+    validation : float or None, default=None
+        None: the authors' protocol, train on everything and keep the last epoch. A fraction:
+        hold out a stratified validation split, evaluate it after every epoch and keep the
+        weights of the best epoch (first best on ties).
+    device : str, default="auto"
+    random_state : int, RandomState or None, default=None
+        Seeds initialisation, batch order, view choice and the validation split; a fixed seed
+        gives identical results on CPU.
+    verbose : bool, default=False
+        Show a progress bar over epochs.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (K,)
+    n_features_in_ : int
+    model_ : ResidualMLP
+        The trained module (eval mode), on ``device_``.
+    device_ : torch.device
+    mean_, scale_ : ndarray of shape (D,) or None
+        The standardisation, when ``standardize``.
+    history_ : list of dict
+        One dict per epoch: ``epoch``, ``loss`` (weighted total) and the unweighted per-step
+        means of ``ce``, ``mse``, ``cov``, ``svd``; ``val_accuracy`` with ``validation``.
+    best_epoch_ : int
+        Epoch (1-based) whose weights were kept.
+    validation_indices_ : ndarray of shape (n_val,) or None
+        Samples held out for epoch selection (None without ``validation``).
+    """
+
+    _parameter_constraints = {
+        **_MLP_CONSTRAINTS,
+        **{f"w_{term.name}": NON_NEGATIVE for term in REGULARISERS},
+        "top_k": POSITIVE_INT,
+    }
+
+    def __init__(
+        self,
+        w_mse: float = AUTHOR_WEIGHTS["mse"],
+        w_cov: float = AUTHOR_WEIGHTS["cov"],
+        w_svd: float = AUTHOR_WEIGHTS["svd"],
+        top_k: int = 5,
+        hidden_ratio: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 64,
+        epochs: int = 30,
+        standardize: bool = False,
+        validation: float | None = None,
+        device: str = "auto",
+        random_state=None,
+        verbose: bool = False,
+    ):
+        self.w_mse = w_mse
+        self.w_cov = w_cov
+        self.w_svd = w_svd
+        self.top_k = top_k
+        self.hidden_ratio = hidden_ratio
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.standardize = standardize
+        self.validation = validation
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _regularisation(self) -> tuple[tuple[float, ...], int]:
+        """The regulariser weights (in :data:`~nmtune.objective.REGULARISERS` order) and the
+        svd term's top-k that a fit trains with."""
+        return tuple(getattr(self, f"w_{term.name}") for term in REGULARISERS), self.top_k
+
+    def fit(self, X, y) -> NMTuneClassifier:
+        """Train on features ``X`` (N×D or V×N×D) and labels ``y`` (N).
+
+        With V >= 2 views each step draws two distinct views at random (seeded): view a is
+        the consistency target, view b is tuned towards it.
+        """
+        self._validate_params()
+        views, self.classes_, y_index = check_fit_data(X, y)
+        self.n_features_in_ = views.shape[2]
+        self.device_ = resolve_device(self.device)
+        _check_fit_memory(self, views.shape, self.classes_.size)
+        if self.device_.type == "cpu":
+            tune_cpu_allocator()
+        self.mean_ = self.scale_ = None
+        if self.standardize:
+            self.mean_, self.scale_ = standardizer(views.reshape(-1, views.shape[2]))
+            views = (views - self.mean_) / self.scale_
+        seed = seed_from(self.random_state)
+        train, self.validation_indices_ = np.arange(y_index.shape[0]), None
+        if self.validation is not None:
+            train, self.validation_indices_ = stratified_split(
+                y_index, float(self.validation), seed
+            )
+
+        data = torch.tensor(views, dtype=torch.float32, device=self.device_)
+        labels = torch.as_tensor(y_index, device=self.device_)
+        # Seed a private RNG stream: an estimator must not reset its caller's global RNGs.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ResidualMLP(self.n_features_in_, self.hidden_ratio, self.classes_.size)
+        self.model_ = model.to(self.device_)
+        generator = torch.Generator().manual_seed(seed)
+        self._train(data, labels, torch.as_tensor(train), self.validation_indices_, generator)
+        self.model_.eval()
+        return self
+
+    def _train(
+        self, data: torch.Tensor, labels: torch.Tensor, train: torch.Tensor,
+        val: np.ndarray | None, generator: torch.Generator,
+    ) -> None:
+        """AdamW with per-step cosine decay; fills ``history_`` and ``best_epoch_``."""
+        weights, top_k = self._regularisation()
+        bounds = batch_bounds(train.shape[0], self.batch_size)
+        optimizer = torch.optim.AdamW(
+            self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=self.epochs * len(bounds)
+        )
+        n_views = data.shape[0]
+        self.history_, best_state, best_score = [], None, -1.0
+        for epoch in tqdm(range(1, self.epochs + 1), disable=not self.verbose, desc="epochs"):
+            self.model_.train()
+            order = train[torch.randperm(train.shape[0], generator=generator)].to(data.device)
+            sums = torch.zeros(len(TERMS), device=data.device)
+            for start, stop in bounds:
+                idx = order[start:stop]
+                a, b = (
+                    torch.randperm(n_views, generator=generator)[:2].tolist()
+                    if n_views > 1 else (0, 0)
+                )
+                sums += train_step(
+                    self.model_, optimizer, schedule, data[a, idx],
+                    None if a == b else data[b, idx], labels[idx], weights, top_k,
+                )
+            means = (sums / len(bounds)).tolist()
+            record = {"epoch": epoch, "loss": float(np.dot(means, loss_coefficients(weights))),
+                      **dict(zip(TERMS, means, strict=True))}
+            if val is not None:
+                record["val_accuracy"] = self._accuracy(data[0, val], labels[val])
+                if record["val_accuracy"] > best_score:
+                    best_score, self.best_epoch_ = record["val_accuracy"], epoch
+                    best_state = copy.deepcopy(self.model_.state_dict())
+            self.history_.append(record)
+        if best_state is None:
+            self.best_epoch_ = self.epochs
+        else:
+            self.model_.load_state_dict(best_state)
+
+    def _accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        self.model_.eval()
+        with torch.inference_mode(), autocast(features.device):
+            correct = sum(
+                int((self.model_(chunk)[1].argmax(dim=1) == target).sum())
+                for chunk, target in zip(
+                    features.split(_PREDICT_CHUNK), labels.split(_PREDICT_CHUNK), strict=True
+                )
+            )
+        return correct / labels.shape[0]
+
+    def _forward_numpy(self, X: np.ndarray, output: int) -> np.ndarray:
+        """Output ``output`` of the model (0: z, 1: logits) for N×D raw features, float64."""
+        if self.mean_ is not None:
+            X = (X - self.mean_) / self.scale_
+        features = torch.tensor(X, dtype=torch.float32, device=self.device_)
+        self.model_.eval()
+        with torch.inference_mode(), autocast(self.device_):
+            parts = [self.model_(chunk)[output].float() for chunk in features.split(_PREDICT_CHUNK)]
+        return torch.cat(parts).double().cpu().numpy()
+
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        return self._forward_numpy(X, 1)
+
+    def embed(self, X) -> np.ndarray:
+        """Tuned features ``z = s ⊙ MLP(f) + f`` (named like ``Backbone.embed``; not
+        ``transform``, which would make scikit-learn treat the classifier as a transformer).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, D), or (V, N, D) read as view 0
+
+        Returns
+        -------
+        ndarray of shape (N, D)
+            In the standardised space when ``standardize`` is on.
+        """
+        return self._forward_numpy(check_predict_features(self, X), 0)
+
+
+class MLPProbe(NMTuneClassifier):
+    """MLP probe: :class:`ResidualMLP` and its head trained with cross-entropy alone.
+
+    This is :class:`NMTuneClassifier` with the three regulariser weights fixed at 0, which is
+    exactly how the paper's MLP baseline differs from NMTune. The regularisers are still
+    evaluated (without gradients, svd with top-k 5) and logged in ``history_``, so their
+    magnitudes compare.
+
+    Parameters
+    ----------
+    hidden_ratio, lr, weight_decay, batch_size, epochs
+        The training settings, as for :class:`NMTuneClassifier`.
+    standardize, validation, device, random_state, verbose
+        As for :class:`NMTuneClassifier`.
+
+    Attributes
+    ----------
+    Those of :class:`NMTuneClassifier`.
+    """
+
+    _parameter_constraints = _MLP_CONSTRAINTS
+
+    # scikit-learn reads each class's own signature: this one has no weights to set.
+    def __init__(
+        self,
+        hidden_ratio: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 64,
+        epochs: int = 30,
+        standardize: bool = False,
+        validation: float | None = None,
+        device: str = "auto",
+        random_state=None,
+        verbose: bool = False,
+    ):
+        self.hidden_ratio = hidden_ratio
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.standardize = standardize
+        self.validation = validation
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _regularisation(self) -> tuple[tuple[float, ...], int]:
+        return (0.0,) * len(REGULARISERS), 5
