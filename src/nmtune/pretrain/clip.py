@@ -55,7 +55,7 @@ from .runfiles import (
     write_outputs,
 )
 
-__all__ = ["ClipConfig", "export_pairs", "pretrain_clip", "train_clip"]
+__all__ = ["ClipConfig", "build_clip_model", "export_pairs", "pretrain_clip", "train_clip"]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -257,10 +257,7 @@ def pretrain_clip(
 
         # -- model: the registry backbone as image tower, preprocessed by its own recipe.
         seed_everything(config.seed)
-        backbone = build_backbone(config)
-        text = TextTransformer(config.text_width, config.text_layers, config.text_heads,
-                               config.context_length)
-        model = CLIPModel(backbone.module, text, config.embed_dim, image_dim=backbone.feature_dim)
+        model, backbone = build_clip_model(config)
         x = torch.cat([backbone.preprocess(images[i : i + 1024])
                        for i in range(0, len(images), 1024)])
 
@@ -295,6 +292,16 @@ def pretrain_clip(
             write_outputs(result, model.image_tower, rows, metrics)
         ctx.barrier()
     return PretrainResult(result.out_dir, metrics)
+
+
+def build_clip_model(config: ClipConfig) -> tuple[CLIPModel, object]:
+    """The untrained CLIP model of ``config`` and the registry backbone whose module is its
+    image tower (for the backbone's preprocessing and feature width)."""
+    backbone = build_backbone(config)
+    text = TextTransformer(config.text_width, config.text_layers, config.text_heads,
+                           config.context_length)
+    return CLIPModel(backbone.module, text, config.embed_dim,
+                     image_dim=backbone.feature_dim), backbone
 
 
 def load_pairs(config: ClipConfig) -> tuple[np.ndarray, list[str]]:
