@@ -653,14 +653,20 @@ class _Runner:
             if self._real_backbone is None:
                 self._real_backbone = create_backbone(self.cfg.backbone["name"], **kwargs)
             return self._real_backbone, None
-        from .pretrain import pretrain
+        if isinstance(self.cfg.pretrain, ClipConfig):
+            from .pretrain import pretrain_clip as train
+        else:
+            from .pretrain import pretrain as train
 
-        result = pretrain(pretrain_config(self.cfg, ratio, seed),
-                          self.out / "pretrain" / run_name(self.cfg, ratio, seed), resume=True,
-                          progress=self.progress)
+        result = train(pretrain_config(self.cfg, ratio, seed), self.run_dir(ratio, seed),
+                       resume=True, progress=self.progress)
         backbone = create_backbone(self.cfg.backbone["name"], weights=result.backbone_path,
                                    **kwargs)
         return backbone, result.metrics
+
+    def run_dir(self, ratio: float, seed: int) -> Path:
+        """The pre-training run folder of grid point ``(ratio, seed)``."""
+        return self.out / "pretrain" / run_name(self.cfg, ratio, seed)
 
     def features(self, backbone, spec: SetSpec, views: int = 1):
         """Features and labels of ``spec`` under the current grid point's backbone."""
@@ -701,17 +707,7 @@ class _Runner:
         views = int(params.get("views", 1))
 
         def compute():
-            classes = self.dataset(task.train).classes
-            for _, _, spec in task.evaluations():
-                other = self.dataset(spec).classes
-                if other != classes:
-                    # Labels are indices into each set's classes: different class lists would
-                    # silently score a shifted set against the wrong names.
-                    raise NMTuneError(
-                        f"task {task.name!r}: test set {spec.label} has classes "
-                        f"{list(other)[:5]}..., training set {task.train.label} has "
-                        f"{list(classes)[:5]}...; they must be the same list"
-                    )
+            self.task_classes(task)
             X_train, y_train = self.features(backbone, task.train, views=views)
             tuner = _make_tuner(params, seed, self.cfg.device)
             t0 = time.perf_counter()
@@ -728,17 +724,66 @@ class _Runner:
             for term in ("mse", "cov", "svd"):
                 if term in last:
                     common[f"loss_{term}"] = float(last[term])
-            rows = []
-            for name, kind, spec in task.evaluations():
-                X_test, y_test = self.features(backbone, spec)
-                rows.append({**common, "task": name, "kind": kind, "test_set": spec.label,
-                             "accuracy": float(tuner.score(np.asarray(X_test), y_test)),
-                             "chance": chance_level(y_test),
-                             "n_test": int(len(y_test))})
-            return {"rows": rows}
+            return {"rows": self.evaluate(backbone, task, common, tuner.score)}
 
         key = _key(identity, task, method, params, seed, grid)
         return _cached(self.out / "cells" / f"tune-{key}.json", compute, _is_tune_cell)["rows"]
+
+    def zeroshot_cells(self, backbone, identity: str, task: TaskSpec, run_dir: Path,
+                       grid: dict) -> list:
+        """Zero-shot classification of the task's ID and OOD test sets by the CLIP model in
+        ``run_dir``: its text tower embeds the prompt templates of each class, its image
+        projection maps the same cached image-tower features the tuned methods see."""
+        from .zeroshot import DEFAULT_TEMPLATES
+
+        templates = self.cfg.zeroshot.templates or DEFAULT_TEMPLATES
+
+        def compute():
+            from .data.pairs import noun_phrase
+            from .zeroshot import ZeroShotClassifier, embed_image_features, load_clip_run
+
+            classes = self.task_classes(task)
+            t0 = time.perf_counter()
+            model = load_clip_run(run_dir)
+            classifier = ZeroShotClassifier(model, [noun_phrase(c) for c in classes],
+                                            templates).fit()
+            common = {**grid, "train_set": task.train.label, "method": ZEROSHOT,
+                      "protocol": "zero-shot", "selected": "", "views": 1, "n_train": 0,
+                      "fit_seconds": round(time.perf_counter() - t0, 3)}
+            return {"rows": self.evaluate(
+                backbone, task, common,
+                lambda X, y: classifier.score(embed_image_features(model, X), y))}
+
+        # The image tower's identity does not cover the text tower: the whole model's does.
+        model_digest = hashlib.sha256((run_dir / "model.pt").read_bytes()).hexdigest()
+        key = _key(identity, model_digest, task, ZEROSHOT, templates, grid)
+        return _cached(self.out / "cells" / f"zeroshot-{key}.json", compute,
+                       _is_tune_cell)["rows"]
+
+    def task_classes(self, task: TaskSpec) -> tuple[str, ...]:
+        """The task's class names, checked to be the same list in every test set."""
+        classes = self.dataset(task.train).classes
+        for _, _, spec in task.evaluations():
+            other = self.dataset(spec).classes
+            if other != classes:
+                # Labels are indices into each set's classes: different class lists would
+                # silently score a shifted set against the wrong names.
+                raise NMTuneError(
+                    f"task {task.name!r}: test set {spec.label} has classes "
+                    f"{list(other)[:5]}..., training set {task.train.label} has "
+                    f"{list(classes)[:5]}...; they must be the same list"
+                )
+        return classes
+
+    def evaluate(self, backbone, task: TaskSpec, common: dict, score) -> list[dict]:
+        """One row per ID/OOD test set of ``task``: ``common`` and ``score(X, y)``."""
+        rows = []
+        for name, kind, spec in task.evaluations():
+            X_test, y_test = self.features(backbone, spec)
+            rows.append({**common, "task": name, "kind": kind, "test_set": spec.label,
+                         "accuracy": float(score(np.asarray(X_test), y_test)),
+                         "chance": chance_level(y_test), "n_test": int(len(y_test))})
+        return rows
 
     # -- the grid ---------------------------------------------------------------
 
@@ -754,8 +799,13 @@ class _Runner:
 
         sets = [s for t in self.cfg.tasks for _, _, s in t.evaluations()] + [
             t.train for t in self.cfg.tasks] + list(self.cfg.spectrum_of)
-        if self.cfg.pretrain is not None:
-            p = self.cfg.pretrain
+        p = self.cfg.pretrain
+        if isinstance(p, ClipConfig):
+            if p.pairs is None:
+                sets.append(SetSpec(p.dataset, p.split))
+            else:
+                _require_pairs(p.pairs)
+        elif p is not None:
             sets.append(SetSpec(p.dataset, p.split))
             sets.append(SetSpec(p.eval_dataset or p.dataset, p.eval_split))
         for spec in dict.fromkeys(sets):
@@ -771,7 +821,8 @@ class _Runner:
         spectrum_sets = list(self.cfg.spectrum_of) or list(
             dict.fromkeys(t.test for t in self.cfg.tasks)
         )
-        n_cells = len(points) * (len(self.cfg.tasks) * len(self.cfg.methods) + len(spectrum_sets))
+        methods = len(self.cfg.methods) + (self.cfg.zeroshot is not None)
+        n_cells = len(points) * (len(self.cfg.tasks) * methods + len(spectrum_sets))
         results, spectra, pretrain_rows = [], [], []
         bar = tqdm(total=n_cells, desc=f"study {self.cfg.name}", unit="cell",
                    disable=not self.progress)
@@ -796,9 +847,25 @@ class _Runner:
                     results.extend(self.tune_cells(backbone, identity, task, method, seed,
                                                    grid))
                     bar.update()
+                if self.cfg.zeroshot is not None:
+                    bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: {task.name} zero-shot")
+                    results.extend(self.zeroshot_cells(backbone, identity, task,
+                                                       self.run_dir(ratio, seed), grid))
+                    bar.update()
         bar.close()
         return {"results": tidy_table(results), "spectrum": tidy_table(spectra),
                 "pretrain": tidy_table(pretrain_rows)}
+
+
+def _require_pairs(source: str) -> None:
+    """Fail naming the first missing file of a pair table or shard set, before any work."""
+    from .data.pairs import expand_shards
+
+    files = expand_shards(source) if ".tar" in source else [source]
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise NMTuneError(f"pretrain.pairs: {missing[0]} does not exist ({len(missing)} of "
+                          f"{len(files)} pair files missing); see the config's header for the data")
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True) -> dict:
