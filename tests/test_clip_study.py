@@ -198,3 +198,31 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_run):
     assert not list(killed_dir.rglob("*.tmp"))
     np.testing.assert_array_equal(pd.read_csv(killed_dir / "spectrum.csv")["sve"],
                                   pd.read_csv(straight / "spectrum.csv")["sve"])
+
+
+def test_paper_yfcc15m_fails_early_without_the_shards(tmp_path):
+    config = load_config("paper-yfcc15m")
+    assert config.pretrain.backbone == "resnet50" and config.pretrain.batch_size == 1024
+    assert config.noise.ratios == (0.0, 0.05, 0.10, 0.20, 0.30) and len(config.seeds) == 3
+    with pytest.raises(NMTuneError, match=r"/data/yfcc15m/shards/00000\.tar does not exist"):
+        run_study(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_cli_takes_a_clip_study_grid_point(tmp_path):
+    """`nmtune pretrain --config STUDY --noise caption_swap:R --seed S` trains exactly what the
+    study trains at (R, S): the torchrun commands of paper-yfcc15m rely on it."""
+    import argparse
+
+    from nmtune.pretrain.args import add_arguments, config_from_args
+    from nmtune.study import pretrain_config
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", str(path), "--noise", "caption_swap:0.3", "--seed", "2"])
+    assert config_from_args(args) == pretrain_config(config_from_dict(copy.deepcopy(TINY)), 0.3, 2)
+    bad = parser.parse_args(["--config", str(path), "--noise", "symmetric:0.3"])
+    with pytest.raises(NMTuneError, match="not this study's noise kind"):
+        config_from_args(bad)
