@@ -9,7 +9,7 @@ from scipy import stats
 from statsmodels.stats.power import TTestPower
 
 from nmtune._validation import NMTuneError
-from nmtune.stats import paired_effect, seed_effects
+from nmtune.stats import CLAIMS, claim_differences, claim_effects, paired_effect, seed_effects
 
 # Two tasks x five seeds of paired differences (points), plus a method column averaged over.
 SEEDS = [0, 1, 2, 3, 4]
@@ -142,3 +142,38 @@ def test_bad_tables():
         paired_effect(pd.DataFrame({"seed": [0, 1], "diff": [1.0, np.nan]}))
     with pytest.raises(NMTuneError, match="no paired"):
         paired_effect([])
+
+
+def test_claim_differences_pair_rows_as_the_report_does(make_results):
+    results = make_results(spread=0.0)  # no noise: every difference is the planted effect
+    diffs = claim_differences(results)
+    assert set(diffs) == set(CLAIMS)
+    slight = diffs["slight noise helps ID"]
+    # 5% and 10% averaged per pair: 5 seeds x 2 ID tasks x 3 methods, +1 point each.
+    assert len(slight) == 30 and np.allclose(slight["diff"], 1.0)
+    assert np.allclose(diffs["noise hurts OOD"]["diff"], -3.0)
+    assert np.allclose(diffs["NMTune beats LP (ID)"]["diff"], 2.0)
+    assert np.allclose(diffs["NMTune beats MLP (OOD)"]["diff"], 1.0)
+    assert len(diffs["NMTune beats LP (OOD)"]) == 5 * 4  # seeds x noise ratios
+
+
+def test_claim_effects_find_the_planted_effects(make_results):
+    effects = claim_effects(make_results(spread=0.005))
+    assert effects["slight noise helps ID"].verdict == "reproduced"
+    assert effects["noise hurts OOD"].verdict == "reproduced"
+    assert effects["noise hurts OOD"].mean == pytest.approx(-3.0, abs=0.3)
+    assert all(e.verdict == "reproduced" for e in effects.values())
+
+
+def test_claims_left_out_when_untestable(make_results):
+    results = make_results()
+    only_id = results[(results["kind"] == "id") & (results["method"] != "mlp")]
+    assert set(claim_differences(only_id)) == {"slight noise helps ID", "NMTune beats LP (ID)"}
+
+
+def test_seeds_needed_for_a_small_effect_follows_the_normal_approximation():
+    x = np.array([10.0, -10.0, 5.0, -5.0, 0.0])  # sd 7.9: 1 pt is d = 0.13
+    e = paired_effect(x)
+    d = 1.0 / x.std(ddof=1)
+    normal = ((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / d) ** 2
+    assert normal < e.seeds_needed <= normal + 3  # the t-test needs a couple more

@@ -31,13 +31,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy import stats as sps
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import DescrStatsW
 
 from ._validation import NMTuneError
 
-__all__ = ["VERDICTS", "Effect", "paired_effect", "seed_effects"]
+__all__ = ["CLAIMS", "VERDICTS", "Effect", "claim_differences", "claim_effects", "paired_effect",
+           "seed_effects"]
 
 #: The verdicts :func:`paired_effect` gives.
 VERDICTS = ("reproduced", "contradicted", "no effect", "underpowered")
@@ -279,15 +281,96 @@ def _seeds_for(effect_size: float, alpha: float, power: float) -> int:
     """Smallest whole number of seeds (at least 2) with at least ``power``."""
     analysis = TTestPower()
 
-    def achieved(n: int) -> float:
-        return analysis.power(effect_size=effect_size, nobs=n, alpha=alpha,
-                              alternative="two-sided")
+    def achieved(n: float) -> float:
+        p = float(analysis.power(effect_size=effect_size, nobs=n, alpha=alpha,
+                                 alternative="two-sided"))
+        # Far into the upper tail scipy's noncentral t gives NaN for the negligible opposite
+        # tail, and so statsmodels for the whole power, which is 1 to double precision there.
+        return 1.0 if math.isnan(p) else p
 
-    # The root finder fails (NaN) when the answer lies outside [2, MAX_SEEDS]: answer first.
     if achieved(2) >= power:
         return 2
     if achieved(MAX_SEEDS) < power:
         return MAX_SEEDS
-    nobs = analysis.solve_power(effect_size=effect_size, nobs=None, alpha=alpha, power=power,
-                                alternative="two-sided")
-    return math.ceil(float(np.ravel(nobs)[0]))
+    # statsmodels' own solve_power starts its search at 10 seeds and can fail to converge;
+    # power is increasing in n, so a bracketing root finder on [2, MAX_SEEDS] always does.
+    nobs = optimize.brentq(lambda n: achieved(n) - power, 2, MAX_SEEDS, xtol=1e-9)
+    return math.ceil(nobs - 1e-6)  # an exact integer root must not round up by rounding error
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's accuracy claims as paired differences
+# --------------------------------------------------------------------------------------------
+
+#: The paper's "slight" pre-training noise: ratios in this closed interval.
+SLIGHT_NOISE = (0.05, 0.10)
+#: Columns that identify one downstream evaluation apart from the noise setting.
+PAIR_KEYS = ("seed", "task", "train_set", "test_set", "method", "protocol")
+#: Claim name -> (claimed sign, what it compares).
+CLAIMS = {
+    "slight noise helps ID": (1, "ID accuracy at 5-10% noise minus 0%"),
+    "noise hurts OOD": (-1, "OOD accuracy at the highest noise ratio minus 0%"),
+    "NMTune beats LP (ID)": (1, "ID accuracy of nmtune minus lp"),
+    "NMTune beats MLP (ID)": (1, "ID accuracy of nmtune minus mlp"),
+    "NMTune beats LP (OOD)": (1, "OOD accuracy of nmtune minus lp"),
+    "NMTune beats MLP (OOD)": (1, "OOD accuracy of nmtune minus mlp"),
+}
+
+
+def claim_differences(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Paired differences (points, column ``diff``) behind each claim of :data:`CLAIMS`.
+
+    Rows are paired as the report pairs them: noise claims compare rows sharing seed, task,
+    train/test sets, method and protocol, with the treated ratios of one noise type averaged
+    per pair first; method claims compare methods on the same noise setting and cell. A claim
+    the results cannot test (no 0% rows, no OOD rows, a missing method) is left out.
+
+    Parameters
+    ----------
+    results : DataFrame
+        ``results.csv`` rows: ``seed``, ``kind``, ``method``, ``noise_ratio``, ``accuracy``
+        (fractions) and the other pair keys where present.
+    """
+    out = {}
+    by_kind = {kind: results[results["kind"] == kind] for kind in ("id", "ood")}
+    ratio = by_kind["id"]["noise_ratio"]
+    slight = (ratio >= SLIGHT_NOISE[0] - 1e-9) & (ratio <= SLIGHT_NOISE[1] + 1e-9)
+    out["slight noise helps ID"] = _noise_differences(by_kind["id"], slight)
+    ood = by_kind["ood"]
+    highest = ood.groupby("noise_type")["noise_ratio"].transform("max")
+    out["noise hurts OOD"] = _noise_differences(ood, np.isclose(ood["noise_ratio"], highest)
+                                                & (highest > 0))
+    for kind, rows in by_kind.items():
+        for baseline in ("lp", "mlp"):
+            name = f"NMTune beats {baseline.upper()} ({kind.upper()})"
+            out[name] = _method_differences(rows, "nmtune", baseline)
+    return {name: d for name, d in out.items() if not d.empty}
+
+
+def claim_effects(results: pd.DataFrame, **kwargs) -> dict[str, Effect]:
+    """:func:`paired_effect` of every claim the results can test; ``kwargs`` go to it."""
+    return {name: paired_effect(d, sign=CLAIMS[name][0], **kwargs)
+            for name, d in claim_differences(results).items()}
+
+
+def _keys(df: pd.DataFrame, *extra: str) -> list[str]:
+    return [c for c in (*extra, *PAIR_KEYS) if c in df.columns]
+
+
+def _noise_differences(rows: pd.DataFrame, treated: pd.Series) -> pd.DataFrame:
+    """Treated rows (averaged per pair and noise type) minus the 0% rows of the same pair."""
+    keys = _keys(rows)
+    clean = rows[np.isclose(rows["noise_ratio"], 0.0)].groupby(keys)["accuracy"].mean()
+    noisy = rows[treated].groupby([*keys, "noise_type"])["accuracy"].mean().reset_index()
+    paired = noisy.join(clean.rename("clean"), on=keys, how="inner")
+    return paired.assign(diff=100 * (paired["accuracy"] - paired["clean"]))
+
+
+def _method_differences(rows: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
+    keys = [k for k in _keys(rows, "noise_type", "noise_ratio") if k != "method"]
+    wide = rows.assign(method=rows["method"].str.lower()).pivot_table(
+        index=keys, columns="method", values="accuracy", aggfunc="mean")
+    if method not in wide.columns or baseline not in wide.columns:
+        return pd.DataFrame()
+    diff = 100 * (wide[method] - wide[baseline])
+    return diff.dropna().rename("diff").reset_index()

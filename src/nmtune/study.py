@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError
+from .environment import environment
 
 #: Bump when a cell's computation changes in a way its inputs don't show.
 CELL_FORMAT = 1
@@ -493,5 +494,6 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                    f"python {platform.python_version()}",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds_this_run": round(time.time() - started, 1),
+        "environment": environment(),
     })
     return tables
