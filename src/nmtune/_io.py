@@ -88,3 +88,21 @@ def load_feature_file(path) -> tuple[np.ndarray, np.ndarray, dict]:
         if isinstance(exc, NMTuneError):
             raise
         raise NMTuneError(f"{path} is not a readable .npz file: {exc}") from None
+
+
+def read_csv_table(path: Path, required: tuple[str, ...] = ()):
+    """Read a CSV file as a DataFrame, or raise one line naming the file and what is wrong.
+
+    ``required`` columns must be present. The caller checks that ``path`` exists, so that its
+    message can say what the missing file should have been.
+    """
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise NMTuneError(f"{path} is not a readable CSV table: {exc}") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise NMTuneError(f"{path} lacks the column(s) {missing}")
+    return table

@@ -29,6 +29,7 @@ from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ._io import read_csv_table
 from ._validation import NMTuneError
 
 __all__ = ["NoiseEstimate", "estimate_noise", "load_calibration", "validate_calibration"]
@@ -94,13 +95,7 @@ def load_calibration(path, probe: str | None = None) -> pd.DataFrame:
     csv = path / "spectrum.csv" if path.is_dir() else path
     if not csv.is_file():
         raise NMTuneError(f"calibration not found: {csv} (give a study folder or a CSV file)")
-    try:
-        table = pd.read_csv(csv)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise NMTuneError(f"{csv} is not a readable CSV table: {exc}") from None
-    missing = [c for c in _COLUMNS if c not in table.columns]
-    if missing:
-        raise NMTuneError(f"{csv} lacks the column(s) {missing}")
+    table = read_csv_table(csv, _COLUMNS)
     if "features_of" in table.columns:
         probes = sorted(table["features_of"].astype(str).unique())
         if probe is None and len(probes) > 1:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .._io import read_csv_table
 from .._validation import NMTuneError
 
 #: Columns that identify a cell, where present; the noise columns also separate series.
@@ -161,13 +162,7 @@ def _read_results(root: Path) -> pd.DataFrame:
     path = root / "results.csv"
     if not path.is_file():
         raise NMTuneError(f"{root} has no results.csv; give a folder written by `nmtune study`")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise NMTuneError(f"{path} is not a readable CSV table: {exc}") from None
-    missing = [c for c in ("seed", "kind", "method", "accuracy") if c not in df.columns]
-    if missing:
-        raise NMTuneError(f"{path} lacks the column(s) {missing}")
+    df = read_csv_table(path, ("seed", "kind", "method", "accuracy"))
     accuracy = pd.to_numeric(df["accuracy"], errors="coerce")
     if accuracy.isna().any() or not accuracy.between(0, 1).all():
         raise NMTuneError(f"{path}: accuracy must be fractions in [0, 1]")

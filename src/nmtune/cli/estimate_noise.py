@@ -1,4 +1,4 @@
-"""``nmtune estimate-noise FEATURES.npz --calibration STUDY``: a model's pre-training noise ratio."""
+"""``nmtune estimate-noise FEATURES.npz --calibration STUDY``: a model's pre-training noise."""
 
 from __future__ import annotations
 
