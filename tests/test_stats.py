@@ -9,7 +9,14 @@ from scipy import stats
 from statsmodels.stats.power import TTestPower
 
 from nmtune._validation import NMTuneError
-from nmtune.stats import CLAIMS, claim_differences, claim_effects, paired_effect, seed_effects
+from nmtune.stats import (
+    CLAIMS,
+    claim_differences,
+    claim_effects,
+    paired_effect,
+    seed_effects,
+    t_test_power,
+)
 
 # Two tasks x five seeds of paired differences (points), plus a method column averaged over.
 SEEDS = [0, 1, 2, 3, 4]
@@ -31,7 +38,8 @@ def _power_by_hand(d, n, alpha=0.05):
     """Two-sided one-sample t-test power from the noncentral t distribution."""
     crit = stats.t.ppf(1 - alpha / 2, n - 1)
     nc = d * math.sqrt(n)
-    return stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc)
+    # The opposite tail is NaN in scipy once it underflows; it is then negligible.
+    return stats.nct.sf(crit, n - 1, nc) + np.nan_to_num(stats.nct.cdf(-crit, n - 1, nc))
 
 
 def test_seed_effects_average_over_other_columns():
@@ -177,3 +185,20 @@ def test_seeds_needed_for_a_small_effect_follows_the_normal_approximation():
     d = 1.0 / x.std(ddof=1)
     normal = ((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / d) ** 2
     assert normal < e.seeds_needed <= normal + 3  # the t-test needs a couple more
+
+
+@pytest.mark.parametrize("d,n", [(0.3, 10), (0.8, 5), (1.5, 3), (0.1, 500)])
+def test_t_test_power_equals_statsmodels(d, n):
+    expected = TTestPower().power(effect_size=d, nobs=n, alpha=0.05, alternative="two-sided")
+    assert t_test_power(d, n, 0.05) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("diffs", [[0.5, 0.8], [0.9, 1.3, 1.0], [2.0, -1.0, 0.5, 1.5]])
+def test_seeds_needed_agrees_with_the_mde(diffs):
+    # statsmodels' power is NaN at 2 seeds and d = 5 (it once read as "2 seeds suffice" while
+    # the MDE of those 2 seeds was 2 points): the two answers must tell one story.
+    e = paired_effect(diffs, margin=1.0)
+    assert (e.seeds_needed <= e.n_seeds) == (e.mde <= 1.0)
+    d = 1.0 / e.sd
+    assert _power_by_hand(d, e.seeds_needed) >= 0.8
+    assert e.seeds_needed == 2 or _power_by_hand(d, e.seeds_needed - 1) < 0.8

@@ -9,10 +9,10 @@ differences are averaged to one value per (task, seed), and
   bootstrap over seeds stratified by task (:func:`scipy.stats.bootstrap`, each task's seeds
   resampled on their own, as the reliable-evaluation literature recommends);
 - **equivalence** is two one-sided t-tests (TOST, statsmodels) against ``±margin`` points;
-- **power** is that of the two-sided one-sample t-test on per-seed effects
-  (statsmodels :class:`~statsmodels.stats.power.TTestPower`): the seeds that would detect an
-  effect of ``margin`` points with 80% power, and the minimum detectable effect (MDE) of the
-  study as run.
+- **power** is that of the two-sided one-sample t-test on per-seed effects (the noncentral t,
+  as statsmodels' ``TTestPower`` computes it, see :func:`t_test_power`): the seeds that would
+  detect an effect of ``margin`` points with 80% power, and the minimum detectable effect (MDE)
+  of the study as run.
 
 The verdict, in this order: "reproduced" when the interval excludes 0 in the claimed
 direction, "contradicted" when it excludes 0 the other way, "no effect" when TOST shows the
@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
-from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import DescrStatsW
 
 from ._validation import NMTuneError
@@ -270,32 +269,34 @@ def _power(n: int, sd: float, margin: float, alpha: float, power: float
     """(minimum detectable effect with ``n`` seeds, seeds needed to detect ``margin``)."""
     if n < 2 or not sd > 0:
         return (0.0 if n >= 2 else math.nan), (None if n < 2 else 2)
-    analysis = TTestPower()
-    d = analysis.solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
-    mde = float(np.ravel(d)[0]) * sd
-    needed = _seeds_for(margin / sd, alpha, power)
-    return mde, needed
+    # Power rises with the effect size and with n: bracketing root finders always converge.
+    d = optimize.brentq(lambda d: t_test_power(d, n, alpha) - power, 1e-9, 1e3, xtol=1e-12)
+    return d * sd, _seeds_for(margin / sd, alpha, power)
 
 
 def _seeds_for(effect_size: float, alpha: float, power: float) -> int:
     """Smallest whole number of seeds (at least 2) with at least ``power``."""
-    analysis = TTestPower()
-
-    def achieved(n: float) -> float:
-        p = float(analysis.power(effect_size=effect_size, nobs=n, alpha=alpha,
-                                 alternative="two-sided"))
-        # Far into the upper tail scipy's noncentral t gives NaN for the negligible opposite
-        # tail, and so statsmodels for the whole power, which is 1 to double precision there.
-        return 1.0 if math.isnan(p) else p
-
-    if achieved(2) >= power:
+    if t_test_power(effect_size, 2, alpha) >= power:
         return 2
-    if achieved(MAX_SEEDS) < power:
+    if t_test_power(effect_size, MAX_SEEDS, alpha) < power:
         return MAX_SEEDS
-    # statsmodels' own solve_power starts its search at 10 seeds and can fail to converge;
-    # power is increasing in n, so a bracketing root finder on [2, MAX_SEEDS] always does.
-    nobs = optimize.brentq(lambda n: achieved(n) - power, 2, MAX_SEEDS, xtol=1e-9)
-    return math.ceil(nobs - 1e-6)  # an exact integer root must not round up by rounding error
+    n = optimize.brentq(lambda n: t_test_power(effect_size, n, alpha) - power, 2, MAX_SEEDS,
+                        xtol=1e-9)
+    return math.ceil(n - 1e-6)  # an exact integer root must not round up by rounding error
+
+
+def t_test_power(effect_size: float, n: float, alpha: float) -> float:
+    """Power of the two-sided one-sample t-test at level ``alpha`` with ``n`` observations.
+
+    The same quantity as statsmodels' ``TTestPower().power``, which returns NaN when scipy's
+    noncentral t underflows in the opposite tail (large ``effect_size·sqrt(n)``); that tail is
+    then below double precision and counts as 0 here.
+    """
+    df, nc = n - 1, effect_size * math.sqrt(n)
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    upper = float(sps.nct.sf(crit, df, nc))
+    lower = float(sps.nct.cdf(-crit, df, nc))
+    return upper + (0.0 if math.isnan(lower) else lower)
 
 
 # --------------------------------------------------------------------------------------------
