@@ -23,8 +23,8 @@ def test_environment_reports_what_the_libraries_say(monkeypatch):
     assert env["torch"]["deterministic_algorithms"] == torch.are_deterministic_algorithms_enabled()
     assert env["libraries"]["numpy"] == metadata.version("numpy")
     assert env["libraries"]["statsmodels"] == metadata.version("statsmodels")
-    apis = {pool["internal_api"] for pool in threadpool_info()}
-    assert {pool["internal_api"] for pool in env["blas"]} == apis
+    pools = sorted((p["internal_api"], p["prefix"], p["version"]) for p in threadpool_info())
+    assert [(p["internal_api"], p["prefix"], p["version"]) for p in env["blas"]] == pools
     assert env["thread_variables"]["OMP_NUM_THREADS"] == "1"
     assert env["cpu"]["model"] and env["cpu"]["logical_cpus"] >= 1
     json.dumps(env)  # study.json must be able to hold it as it is

@@ -72,9 +72,12 @@ def _version(name: str) -> str | None:
 def _threadpools() -> list[dict]:
     from threadpoolctl import threadpool_info
 
-    keys = ("user_api", "internal_api", "version", "num_threads", "architecture",
+    keys = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture",
             "threading_layer")
-    return [{k: pool[k] for k in keys if k in pool} for pool in threadpool_info()]
+    pools = [{k: pool.get(k) for k in keys} for pool in threadpool_info()]
+    # threadpoolctl lists pools in library load order, which varies between runs of one
+    # program; a fixed order lets two records be compared entry by entry.
+    return sorted(pools, key=lambda pool: [str(pool[k]) for k in keys[:4]])
 
 
 def _torch_settings() -> dict:

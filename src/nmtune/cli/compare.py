@@ -118,7 +118,8 @@ class Comparison:
         for row in self.claims.itertuples():
             mark = "agree" if row.agree else "DISAGREE"
             lines.append(f"  {row.claim}: A {row.verdict_a} {row.effect_a:+.2f} pts, "
-                         f"B {row.verdict_b} {row.effect_b:+.2f} pts -> {mark}")
+                         f"B {row.verdict_b} {row.effect_b:+.2f} pts (difference p={row.p:.2g})"
+                         f" -> {mark}")
         for key, (a, b) in self.environment.items():
             lines.append(f"environment differs: {key}: {a} | {b}")
         lines.append("runs agree" if self.agree else "runs DISAGREE")
