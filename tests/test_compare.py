@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from nmtune.cli import main
-from nmtune.cli.compare import compare_runs
+from nmtune.compare import compare_runs
 
 
 def _write(root, df, environment=None):
