@@ -1,6 +1,7 @@
 """Label noise (docs/design.md §3.3): exact counts, never same-class flips, seeded, validated."""
 
 import importlib.metadata
+import math
 
 import numpy as np
 import pytest
@@ -354,3 +355,54 @@ def test_noise_spec_sources_are_checked(d, match):
 def test_noise_spec_checks_the_class_count_without_data(spec, k, match):
     with pytest.raises(NMTuneError, match=match):
         spec.check_classes(k)
+
+
+# --------------------------------------------------------------------------- nested noise
+
+RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def _transition(gamma, k=4):
+    """(1 − γ)·I + γ·Q with a fixed off-diagonal Q: the family nested transition noise covers."""
+    q = np.array([[0, 1, 2, 1], [3, 0, 1, 0], [1, 1, 0, 2], [0, 0, 1, 0]], dtype=float)
+    q /= q.sum(axis=1, keepdims=True)
+    return (1 - gamma) * np.eye(k) + gamma * q
+
+
+NESTED = {
+    "symmetric": lambda y, g, seed: noise.symmetric(y, g, num_classes=4, seed=seed),
+    "pair": lambda y, g, seed: noise.pair(y, g, num_classes=4, mapping=[2, 3, 1, 0], seed=seed),
+    "transition": lambda y, g, seed: noise.from_transition_matrix(y, _transition(g), seed=seed),
+}
+
+
+@pytest.mark.parametrize("kind", NESTED)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_noise_is_nested_across_ratios(kind, seed):
+    y = _labels(3001, 4, seed=seed)
+    runs = [NESTED[kind](y, g, seed) for g in RATIOS]
+    for (low, low_changed), (high, high_changed) in zip(runs, runs[1:], strict=False):
+        assert np.all(high_changed[low_changed])  # corrupted at the lower ratio => at the higher
+        np.testing.assert_array_equal(low[low_changed], high[low_changed])  # same noisy label
+        np.testing.assert_array_equal(low[~low_changed], y[~low_changed])
+    # Nesting keeps the exact counts of symmetric and pair noise, and never keeps the class.
+    for g, (noisy, changed) in zip(RATIOS, runs, strict=True):
+        assert np.all(noisy[changed] != y[changed])
+        if kind != "transition":
+            assert changed.sum() == math.floor(g * y.size + 0.5)
+    assert runs[-1][1].sum() > runs[2][1].sum() > 0
+
+
+def test_nested_transition_off_diagonal_frequencies_match_q():
+    # Given a change, the new class follows the off-diagonal row of T, whatever γ is.
+    y = _labels(100_000, 4, seed=2)
+    noisy, changed = noise.from_transition_matrix(y, _transition(0.4), seed=3)
+    q = _transition(1.0)
+    counts = confusion_matrix(y[changed], noisy[changed], labels=range(4))
+    for c in range(4):
+        assert np.all(counts[c][q[c] == 0] == 0)
+        targets = q[c] > 0
+        if targets.sum() > 1:  # a single target is checked exactly by the line above
+            expected = counts[c].sum() * q[c][targets]
+            assert stats.chisquare(counts[c][targets], expected).pvalue > 1e-3
+    assert abs(changed.mean() - 0.4) < 5 * np.sqrt(0.4 * 0.6 / y.size)

@@ -181,3 +181,21 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) ->
         array = np.lib.format.read_array(fh, allow_pickle=False)
         fh.read()  # to the member's end, where zipfile verifies its CRC-32
     return array
+
+
+def read_csv_table(path: Path, required: tuple[str, ...] = ()):
+    """Read a CSV file as a DataFrame, or raise one line naming the file and what is wrong.
+
+    ``required`` columns must be present. The caller checks that ``path`` exists, so that its
+    message can say what the missing file should have been.
+    """
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise NMTuneError(f"{path} is not a readable CSV table: {exc}") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise NMTuneError(f"{path} lacks the column(s) {missing}")
+    return table

@@ -5,6 +5,12 @@ a boolean mask of the entries that changed. Counts are exact, not expected: a ra
 ``N`` samples changes exactly ``round(γ·N)`` of them (rounding half up), so the realised rate
 equals ``γ`` up to ``1/N``. Unlike the authors' helper, a "flipped" label never keeps its class.
 
+Noise is *nested*: for one seed, the samples a lower rate corrupts are a subset of those a
+higher rate corrupts, and they get the same noisy labels. One seeded permutation orders the
+samples (rate ``γ`` corrupts its first ``round(γ·N)``) and one seeded draw fixes each sample's
+replacement, whatever the rate. Models pre-trained at neighbouring ratios then differ only in
+the extra corrupted samples, which narrows paired comparisons across ratios.
+
 :class:`NoiseSpec` is the serialisable form configs and pre-training use.
 """
 
@@ -15,7 +21,7 @@ import functools
 import io
 import math
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,15 +89,16 @@ def _exact_count(rate: float, n: int) -> int:
 
 
 def _corrupt(
-    y: np.ndarray,
-    rate: float,
-    rng: np.random.Generator,
-    new_label: Callable[[np.ndarray], np.ndarray],
+    y: np.ndarray, rate: float, order: np.ndarray, replacement: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Give exactly ``round(rate·N)`` uniformly chosen samples ``new_label(old_labels)``."""
-    idx = rng.choice(y.size, size=_exact_count(rate, y.size), replace=False)
+    """Give the first ``round(rate·N)`` samples of ``order`` their ``replacement`` label.
+
+    ``order`` and ``replacement`` do not depend on ``rate``, so a lower rate corrupts a prefix
+    of what a higher one does, with the same labels (nested noise).
+    """
+    idx = order[: _exact_count(rate, y.size)]
     noisy = y.copy()
-    noisy[idx] = new_label(y[idx])
+    noisy[idx] = replacement[idx]
     changed = np.zeros(y.size, dtype=bool)
     changed[idx] = True
     return noisy, changed
@@ -124,8 +131,10 @@ def symmetric(
     """
     y, k = _class_labels(labels, num_classes)
     rng = _rng(seed)
+    order = rng.permutation(y.size)
     # An offset in 1..K-1 modulo K is uniform over the other classes and never the same class.
-    return _corrupt(y, rate, rng, lambda old: (old + rng.integers(1, k, size=old.size)) % k)
+    # Every sample draws one, corrupted or not, so the draw does not depend on the rate.
+    return _corrupt(y, rate, order, (y + rng.integers(1, k, size=y.size)) % k)
 
 
 def pair(
@@ -156,7 +165,7 @@ def pair(
         num_classes = len(mapping)
     y, k = _class_labels(labels, num_classes)
     target = _pair_mapping(mapping, k)
-    return _corrupt(y, rate, _rng(seed), lambda old: target[old])
+    return _corrupt(y, rate, _rng(seed).permutation(y.size), target[y])
 
 
 def _pair_mapping(mapping: Sequence[int] | None, k: int) -> np.ndarray:
@@ -194,12 +203,22 @@ def from_transition_matrix(labels, T, seed: int = 0) -> tuple[np.ndarray, np.nda
     T = check_transition_matrix(T)
     y, k = _class_labels(labels, T.shape[0])
     rng = _rng(seed)
+    # Two uniforms per sample, drawn whatever T is: u decides whether the label leaves its
+    # class (with probability 1 - T[c, c]), v picks the new class from the off-diagonal row
+    # by its inverse CDF. The marginal law is exactly T, and matrices with the same
+    # off-diagonal proportions, (1 - γ)·I + γ·Q, give nested noise across γ.
+    u, v = rng.random(y.size), rng.random(y.size)
+    T = T / T.sum(axis=1, keepdims=True)  # the tolerance above must not leak into the split
+    off = T * (1.0 - np.eye(k))
+    changed = u < off.sum(axis=1)[y]
+    cdf = np.cumsum(off, axis=1)
     noisy = y.copy()
-    for c in range(k):
-        rows = np.flatnonzero(y == c)
-        # Renormalise so the tolerance allowed above does not trip numpy's stricter sum check.
-        noisy[rows] = rng.choice(k, size=rows.size, p=T[c] / T[c].sum())
-    return noisy, noisy != y
+    for c in np.unique(y[changed]):
+        rows = np.flatnonzero(changed & (y == c))
+        # Dividing by the last entry makes it exactly 1, so v < 1 always finds a class, and a
+        # zero-probability class (flat CDF step) is never picked.
+        noisy[rows] = np.searchsorted(cdf[c] / cdf[c, -1], v[rows], side="right")
+    return noisy, changed
 
 
 def check_transition_matrix(T) -> np.ndarray:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError, check_int, check_keys, check_str
+from .environment import environment
 from .noise import SOURCED_KINDS, NoiseSpec
 from .pretrain import ClipConfig, PretrainConfig
 from .results import chance_level, tidy_table
@@ -897,5 +898,6 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                    f"python {platform.python_version()}",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds_this_run": round(time.time() - started, 1),
+        "environment": environment(),
     })
     return tables

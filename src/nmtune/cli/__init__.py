@@ -23,7 +23,7 @@ from .._validation import NMTuneError
 #: Verb modules, in the order ``--help`` lists them.
 COMMANDS = (
     "datasets", "backbones", "extract", "analyze", "tune", "report", "pretrain",
-    "study", "serve_embeddings",
+    "study", "serve_embeddings", "compare", "estimate_noise",
 )
 
 
