@@ -75,7 +75,7 @@ def test_zeroshot_rows_equal_a_hand_computation(tiny_run):
     from nmtune.backbones import create_backbone
     from nmtune.data import load_dataset
     from nmtune.data.pairs import noun_phrase
-    from nmtune.zeroshot import load_clip_run
+    from nmtune.pretrain import load_clip_run
 
     out, tables = tiny_run
     config = config_from_dict(copy.deepcopy(TINY))

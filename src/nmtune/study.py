@@ -741,7 +741,8 @@ class _Runner:
 
         def compute():
             from .data.pairs import noun_phrase
-            from .zeroshot import ZeroShotClassifier, embed_image_features, load_clip_run
+            from .pretrain import load_clip_run
+            from .zeroshot import ZeroShotClassifier, embed_image_features
 
             classes = self.task_classes(task)
             t0 = time.perf_counter()

@@ -5,17 +5,16 @@ each embedding is L2-normalised, the class's embeddings are averaged and the mea
 normalised again. An image is scored against class ``k`` by
 ``scale · normalise(image_features) · w_k`` (``scale`` = 100, as CLIP_benchmark does).
 
-From a run folder of ``nmtune pretrain --objective clip``: :func:`load_clip_run` rebuilds the
-trained model, and :func:`embed_image_features` projects the frozen image-tower features that
+From a run folder of ``nmtune pretrain --objective clip``:
+:func:`nmtune.pretrain.load_clip_run` rebuilds the trained model, and
+:func:`embed_image_features` projects the frozen image-tower features that
 the study's feature cache holds into the shared embedding, so zero-shot scores the very
 features the tuned methods are fitted on.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._validation import NMTuneError
 
 __all__ = ["DEFAULT_TEMPLATES", "ZeroShotClassifier", "class_weights", "embed_image_features",
-           "load_clip_run", "zeroshot_logits"]
+           "zeroshot_logits"]
 
 #: A few of CLIP's ImageNet prompt templates; ``{}`` is replaced by the class name.
 DEFAULT_TEMPLATES = (
@@ -167,35 +166,6 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         finally:
             self.model.train(was_training)
         return torch.cat(parts)
-
-
-def load_clip_run(run_dir: str | os.PathLike):
-    """The trained :class:`~nmtune.contrastive.CLIPModel` of a contrastive run folder, on CPU
-    in eval mode: rebuilt from its ``config.json`` and loaded from its ``model.pt``.
-
-    Raises
-    ------
-    NMTuneError
-        When the folder holds no finished contrastive run.
-    """
-    from .pretrain import ClipConfig, PretrainResult
-    from .pretrain.clip import build_clip_model
-    from .pretrain.runfiles import broken, read_run_json
-
-    result = PretrainResult(Path(run_dir), {})
-    if not (result.config_path.is_file() and result.model_path.is_file()):
-        raise NMTuneError(f"{run_dir} holds no finished CLIP run (config.json and model.pt); "
-                          "train one with nmtune pretrain --objective clip --out DIR")
-    raw = read_run_json(result.config_path)
-    if raw.get("objective") != "clip":
-        raise NMTuneError(f"{run_dir} holds a supervised run: zero-shot needs a CLIP run")
-    model, _ = build_clip_model(ClipConfig.from_dict({**raw, "device": "cpu"}))
-    try:
-        state = torch.load(result.model_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, ValueError) as exc:  # torn file or another model's weights
-        raise broken(result.model_path, exc) from None
-    return model.eval()
 
 
 @torch.no_grad()
