@@ -25,7 +25,6 @@ on the shard size or on which shards a resumed run recomputed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -40,11 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from ._io import atomic_path, save_feature_file, sha256_file, write_json_atomic
+from ._hashing import callable_identity, json_digest, sha256_file
+from ._io import atomic_path, save_feature_file, write_json_atomic
 from ._torch import resolve_device, tune_cpu_allocator
 from ._validation import NMTuneError
 from .backbones.base import Backbone
-from .backbones.torch_backbone import callable_identity
 from .data.base import Dataset
 
 #: Bump when the cache layout or the stored content changes meaning.
@@ -237,8 +236,7 @@ def cache_key(
         "seed": seed if views > 1 else None,
         "dtype": dtype,
     }
-    blob = json.dumps(payload, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest(), payload
+    return json_digest(payload), payload
 
 
 class _Entry:

@@ -3,13 +3,13 @@ the sources build it with (content fingerprints, label coding, fixed train/test 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._hashing import content_digest, sha256_parts
 from .._validation import NMTuneError
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Dataset:
             labels=self.labels[indices],
             classes=self.classes,
             modality=self.modality,
-            fingerprint=_digest(self.fingerprint, tag),
+            fingerprint=sha256_parts(self.fingerprint, tag),
             info=dict(self.info),
         )
 
@@ -103,32 +103,6 @@ class Dataset:
         )
         chosen, _ = train_test_split(idx, train_size=limit, random_state=seed, stratify=stratify)
         return self.take(np.sort(chosen), f"subset:{limit}:{seed}")
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(str(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def content_digest(inputs: np.ndarray | list[str], labels: np.ndarray, *tags) -> str:
-    """Fingerprint of the data itself (plus ``tags``), so equal content gives equal digests.
-
-    Hashing the bytes rather than a source's name means a re-packaged or re-downloaded copy
-    of the same data keeps its feature cache, and a changed one cannot reuse it.
-    """
-    h = hashlib.sha256()
-    if isinstance(inputs, np.ndarray):
-        h.update(f"{inputs.dtype.str}{inputs.shape}".encode())
-        h.update(np.ascontiguousarray(inputs).data)
-    else:
-        for text in inputs:
-            h.update(text.encode("utf-8", "surrogatepass"))
-            h.update(b"\0")
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
-    return _digest(h.hexdigest(), *tags)
 
 
 # --------------------------------------------------------------------------- for sources
