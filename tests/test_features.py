@@ -13,18 +13,11 @@ from torch import nn
 from nmtune import _io
 from nmtune._io import load_feature_file
 from nmtune._validation import NMTuneError
+from nmtune.augment import ImageAugment, WordDropout, row_seeds, row_uniforms
 from nmtune.backbones import CallableBackbone, TorchBackbone
 from nmtune.backbones.base import Backbone
 from nmtune.data.base import Dataset
-from nmtune.features import (
-    CacheWarning,
-    ImageAugment,
-    WordDropout,
-    default_cache_dir,
-    extract,
-    row_seeds,
-    row_uniforms,
-)
+from nmtune.features import CacheWarning, default_cache_dir, extract
 
 
 class _Linear(nn.Module):

@@ -17,6 +17,7 @@ import nmtune.data.lazy as lazy_mod
 import nmtune.pretrain as pretrain_mod
 import nmtune.pretrain.loop as loop_mod
 from nmtune._validation import NMTuneError
+from nmtune.augment import crop_and_flip
 from nmtune.backbones import create_backbone
 from nmtune.backbones.resnet import Bottleneck, ImageNetResNet
 from nmtune.cli import build_parser
@@ -26,7 +27,7 @@ from nmtune.data import load_dataset
 from nmtune.data.lazy import LazyImages, decode_cover_crop
 from nmtune.features import extract
 from nmtune.pretrain import PretrainConfig, pretrain
-from nmtune.pretrain.inputs import Preprocessed, Streamed, crop_and_flip
+from nmtune.pretrain.inputs import Preprocessed, Streamed
 from nmtune.study import PACKAGED_CONFIGS, NoiseGrid, _make_tuner, _Runner, load_config
 
 CLASSES = ("ant", "bee", "cat")
