@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import socket
 import struct
-import threading
 
 import numpy as np
 import pytest
@@ -67,15 +66,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def server(local_http):
+    httpd = local_http(_Handler)
     httpd.log, httpd.files = [], {}
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    return httpd
 
 
 def _get(server, route, dest, **kw):
