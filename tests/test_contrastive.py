@@ -136,6 +136,7 @@ def two_ranks(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_process_gathered_loss_equals_one_process_loss(two_ranks):
     model = _tiny_model()
     images, captions = _batch()
@@ -205,6 +206,7 @@ def _train(tmp_path, out, pause=False) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = _train(tmp_path, whole)
@@ -328,6 +330,7 @@ def _clip_process(tmp_path, out) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_clip_cli_killed_mid_run_resumes_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     victim = _clip_process(tmp_path, killed)

@@ -179,11 +179,11 @@ def test_fashion_mnist_downloads_when_debian_package_is_absent(server, tmp_path,
         {k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
     )
     monkeypatch.setenv("NMTUNE_DATA", str(tmp_path / "cache"))
-    sources._fashion_mnist_arrays.cache_clear()
+    sources.forget_loaded()
     try:
         data = sources.load_fashion_mnist("test")
     finally:
-        sources._fashion_mnist_arrays.cache_clear()
+        sources.forget_loaded()
     np.testing.assert_array_equal(data.inputs[:, 0], images / np.float32(255))
     np.testing.assert_array_equal(data.labels, labels)
     assert (tmp_path / "cache" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()

@@ -427,6 +427,7 @@ class Address:
         self.server_address = address
 
 
+@pytest.mark.slow
 def test_cli_reads_the_key_from_the_environment(cli_server):
     _, url, _ = cli_server
     with pytest.raises(NMTuneError, match="401"):
@@ -435,6 +436,7 @@ def test_cli_reads_the_key_from_the_environment(cli_server):
     np.testing.assert_array_equal(got, HashingBackbone().embed(["a b"]))
 
 
+@pytest.mark.slow
 def test_cli_server_memory_stays_bounded_under_big_requests(cli_server):
     proc, url, address = cli_server
     server = Address(address)
@@ -464,6 +466,7 @@ def test_cli_server_memory_stays_bounded_under_big_requests(cli_server):
     assert post(server, b"{}", timeout=5)[0] == 401  # still answering
 
 
+@pytest.mark.slow
 def test_cli_slow_loris_gets_the_configured_timeout(cli_server):
     _, _, address = cli_server
     sockets = [socket.create_connection(address) for _ in range(4)]

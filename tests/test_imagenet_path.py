@@ -33,15 +33,6 @@ from nmtune.study import PACKAGED_CONFIGS, NoiseGrid, _make_tuner, _Runner, load
 CLASSES = ("ant", "bee", "cat")
 
 
-@pytest.fixture
-def one_thread():
-    """Exact comparisons need equal thread counts (and one thread is fastest on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -108,7 +99,6 @@ def test_resnet_strides_and_output_shapes():
 
 
 @pytest.mark.parametrize(("name", "dim"), [("resnet18", 512), ("resnet50", 2048)])
-@pytest.mark.usefixtures("one_thread")
 def test_registered_resnets_normalise_like_imagenet(name, dim):
     backbone = create_backbone(name, image_size=32, seed=1)
     grey = np.random.default_rng(0).uniform(size=(2, 1, 32, 32)).astype(np.float32)
@@ -217,7 +207,6 @@ def test_auto_mode_and_unreadable_files(tree, tmp_path, monkeypatch):
         broken.inputs[:]
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_extract_over_lazy_equals_in_memory(tree):
     lazy, memory = _both(tree)
     backbone = create_backbone("resnet8", width=16, in_channels=3)
@@ -250,8 +239,8 @@ def _pretrain(root, out, monkeypatch, lazy: bool, **overrides):
     return pretrain(config, out, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [False, True])
-@pytest.mark.usefixtures("one_thread")
 def test_streamed_pretraining_equals_in_memory(big_tree, tmp_path, monkeypatch, augment):
     crops = []
     real_crop = loop_mod.crop_and_flip
