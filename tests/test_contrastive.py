@@ -157,6 +157,7 @@ def _query_value(width: int) -> torch.Tensor:
     return torch.cat([torch.arange(width), torch.arange(2 * width, 3 * width)])
 
 
+@pytest.mark.slow
 def test_torchrun_training_equals_one_process(two_ranks, tmp_path):
     images, captions = _batch()
     one = train_clip(_tiny_model(), images.numpy(), captions, tmp_path, **TRAIN_ARGS)
