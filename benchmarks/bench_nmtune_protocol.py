@@ -43,9 +43,10 @@ import numpy as np
 import torch
 
 from nmtune._torch import resolve_device, tune_cpu_allocator
+from nmtune.augment import row_seeds
 from nmtune.backbones import create_backbone
 from nmtune.data import load_dataset
-from nmtune.features import extract, resolve_augment, row_seeds
+from nmtune.features import extract, resolve_augment
 from nmtune.objective import AUTHOR_WEIGHTS
 from nmtune.pretrain import PretrainConfig, pretrain
 from nmtune.tuners import LinearProbe, NMTuneClassifier, ResidualMLP, batch_bounds, train_step

@@ -4,9 +4,8 @@ HTTP server on 127.0.0.1 that injects 429s, 5xx, slow answers and malformed bodi
 import email.utils
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -81,22 +80,17 @@ class FakeEmbeddingServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.handler = Handler
 
     def inputs_seen(self) -> int:
         return sum(len(r["input"]) for r in self.requests)
 
 
 @pytest.fixture
-def server():
+def server(local_http):
     srv = FakeEmbeddingServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    srv.base_url = f"{local_http(srv.handler).url}/v1"
+    return srv
 
 
 class Sleeps(list):
@@ -340,9 +334,10 @@ def test_parse_retry_after():
 
 class RecordingServer:
     """127.0.0.1 server that records every request's path and headers and answers ``reply``:
-    ``(status, headers, body)`` or, when it is a callable, ``reply(path)`` returning that."""
+    ``(status, headers, body)`` or, when it is a callable, ``reply(path)`` returning that.
+    ``local_http`` is the fixture, which stops it when the test ends."""
 
-    def __init__(self, reply):
+    def __init__(self, local_http, reply):
         self.seen: list[dict] = []
         recorder = self
 
@@ -365,14 +360,7 @@ class RecordingServer:
 
             do_GET = do_POST = _any
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.origin = local_http(Handler).url
 
 
 def embeddings_reply(texts=("a",)) -> tuple:
@@ -381,46 +369,36 @@ def embeddings_reply(texts=("a",)) -> tuple:
 
 
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
-def test_a_redirect_to_another_origin_is_refused_and_the_key_never_leaves(code):
-    thief = RecordingServer(embeddings_reply())
-    victim = RecordingServer((code, {"Location": f"{thief.origin}/v1/embeddings"}, b""))
-    try:
-        api = OpenAIEmbeddings(f"{victim.origin}/v1", "m", api_key="sk-secret", timeout=5)
-        with pytest.raises(NMTuneError, match="another origin") as info:
-            api(["a"])
-        assert thief.origin in str(info.value) and "sk-secret" not in str(info.value)
-        assert victim.seen[0]["headers"]["Authorization"] == "Bearer sk-secret"
-        assert thief.seen == [], "nothing, least of all the key, may reach the other origin"
-    finally:
-        thief.close()
-        victim.close()
+def test_a_redirect_to_another_origin_is_refused_and_the_key_never_leaves(code, local_http):
+    thief = RecordingServer(local_http, embeddings_reply())
+    victim = RecordingServer(local_http, (code, {"Location": f"{thief.origin}/v1/embeddings"}, b""))
+    api = OpenAIEmbeddings(f"{victim.origin}/v1", "m", api_key="sk-secret", timeout=5)
+    with pytest.raises(NMTuneError, match="another origin") as info:
+        api(["a"])
+    assert thief.origin in str(info.value) and "sk-secret" not in str(info.value)
+    assert victim.seen[0]["headers"]["Authorization"] == "Bearer sk-secret"
+    assert thief.seen == [], "nothing, least of all the key, may reach the other origin"
 
 
-def test_a_same_origin_307_is_followed_with_the_body_and_the_key():
+def test_a_same_origin_307_is_followed_with_the_body_and_the_key(local_http):
     def reply(path):
         if path == "/v1/embeddings":
             return 307, {"Location": "/v2/embeddings"}, b""
         return embeddings_reply(["a", "bb"])
 
-    server = RecordingServer(reply)
-    try:
-        api = OpenAIEmbeddings(f"{server.origin}/v1", "m", api_key="sk-secret", timeout=5)
-        np.testing.assert_array_equal(api(["a", "bb"]), [vector("a"), vector("bb")])
-        first, second = server.seen
-        assert second["path"] == "/v2/embeddings" and second["body"] == first["body"]
-        assert second["headers"]["Authorization"] == "Bearer sk-secret"
-    finally:
-        server.close()
+    server = RecordingServer(local_http, reply)
+    api = OpenAIEmbeddings(f"{server.origin}/v1", "m", api_key="sk-secret", timeout=5)
+    np.testing.assert_array_equal(api(["a", "bb"]), [vector("a"), vector("bb")])
+    first, second = server.seen
+    assert second["path"] == "/v2/embeddings" and second["body"] == first["body"]
+    assert second["headers"]["Authorization"] == "Bearer sk-secret"
 
 
-def test_a_same_origin_302_would_turn_the_post_into_a_get_and_is_refused():
-    server = RecordingServer((302, {"Location": "/elsewhere"}, b""))
-    try:
-        with pytest.raises(NMTuneError, match="302.*base_url"):
-            OpenAIEmbeddings(f"{server.origin}/v1", "m", api_key="k", timeout=5)(["a"])
-        assert [s["path"] for s in server.seen] == ["/v1/embeddings"]
-    finally:
-        server.close()
+def test_a_same_origin_302_would_turn_the_post_into_a_get_and_is_refused(local_http):
+    server = RecordingServer(local_http, (302, {"Location": "/elsewhere"}, b""))
+    with pytest.raises(NMTuneError, match="302.*base_url"):
+        OpenAIEmbeddings(f"{server.origin}/v1", "m", api_key="k", timeout=5)(["a"])
+    assert [s["path"] for s in server.seen] == ["/v1/embeddings"]
 
 
 # -- every embedding value must be a JSON number -----------------------------------------------
@@ -430,22 +408,16 @@ def test_a_same_origin_302_would_turn_the_post_into_a_get_and_is_refused():
     "value,what",
     [(True, "bool"), (False, "bool"), ("1.5", "str"), (None, "null"), ([1.0], "list")],
 )
-def test_embedding_values_that_are_not_json_numbers_are_refused(value, what):
+def test_embedding_values_that_are_not_json_numbers_are_refused(value, what, local_http):
     body = {"data": [{"index": 0, "embedding": [0.25, value, 3]}]}
-    server = RecordingServer((200, {}, json.dumps(body).encode()))
-    try:
-        with pytest.raises(NMTuneError, match=rf"embedding 0.*position 1.*{what}"):
-            OpenAIEmbeddings(f"{server.origin}/v1", "m", timeout=5)(["a"])
-    finally:
-        server.close()
+    server = RecordingServer(local_http, (200, {}, json.dumps(body).encode()))
+    with pytest.raises(NMTuneError, match=rf"embedding 0.*position 1.*{what}"):
+        OpenAIEmbeddings(f"{server.origin}/v1", "m", timeout=5)(["a"])
 
 
 @pytest.mark.parametrize("index", [True, "0", 0.0])
-def test_indices_must_be_json_integers(index):
+def test_indices_must_be_json_integers(index, local_http):
     body = {"data": [{"index": index, "embedding": [0.25, 1, 3]}]}
-    server = RecordingServer((200, {}, json.dumps(body).encode()))
-    try:
-        with pytest.raises(NMTuneError, match="index"):
-            OpenAIEmbeddings(f"{server.origin}/v1", "m", timeout=5)(["a"])
-    finally:
-        server.close()
+    server = RecordingServer(local_http, (200, {}, json.dumps(body).encode()))
+    with pytest.raises(NMTuneError, match="index"):
+        OpenAIEmbeddings(f"{server.origin}/v1", "m", timeout=5)(["a"])

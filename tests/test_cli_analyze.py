@@ -33,15 +33,16 @@ def features():
     return rng.normal(size=(120, 16)) * np.linspace(3, 0.1, 16) + 1.0
 
 
-def _run_json(capsys, *argv):
-    assert main(["analyze", *map(str, argv), "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+def _run_json(run_cli, *argv):
+    code, out, err = run_cli("analyze", *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
 
 
-def test_json_output_matches_numpy(tmp_path, capsys, features):
+def test_json_output_matches_numpy(tmp_path, run_cli, features):
     path = tmp_path / "f.npz"
     save_feature_file(path, features, np.zeros(120, dtype=np.int64))
-    out = _run_json(capsys, path)
+    out = _run_json(run_cli, path)
     s, sve, lsvr = _metrics(features)
     assert out["n"] == 120 and out["d"] == 16 and out["views"] == 1
     assert out["sve"] == pytest.approx(sve, rel=1e-9)
@@ -50,10 +51,10 @@ def test_json_output_matches_numpy(tmp_path, capsys, features):
     np.testing.assert_allclose(out["top_singular_values"], s[:10], rtol=1e-9)
 
 
-def test_switches_and_top(tmp_path, capsys, features):
+def test_switches_and_top(tmp_path, run_cli, features):
     path = tmp_path / "f.npz"
     save_feature_file(path, features.astype(np.float32), np.zeros(120, dtype=np.int64))
-    out = _run_json(capsys, path, "--no-normalize", "--no-center", "--top", "3")
+    out = _run_json(run_cli, path, "--no-normalize", "--no-center", "--top", "3")
     s, sve, _ = _metrics(features.astype(np.float32), normalize=False, center=False)
     assert not out["normalize"] and not out["center"]
     assert out["sve"] == pytest.approx(sve, rel=1e-6)

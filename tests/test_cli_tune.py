@@ -7,8 +7,6 @@ import pytest
 from sklearn.datasets import load_digits
 
 from nmtune._io import load_feature_file, save_feature_file
-from nmtune.cli import main
-from test_tuners import one_thread  # noqa: F401 (autouse fixture: tiny tensors, one thread)
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +32,10 @@ def _majority_share(path) -> float:
     return np.bincount(y).max() / len(y)
 
 
-def _run(capsys, *argv):
-    code = main(["tune", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("method,epochs", [("lp", None), ("mlp", 8), ("nmtune", 8)])
-def test_json_reports_every_test_set(capsys, files, method, epochs):
+def test_json_reports_every_test_set(run_cli, files, method, epochs):
     extra = [] if epochs is None else ["--epochs", epochs]
-    code, out, err = _run(capsys, "--train", files["train"], "--test", f"id={files['id']}",
+    code, out, err = run_cli("tune", "--train", files["train"], "--test", f"id={files['id']}",
                           "--test", f"ood={files['ood']}", "--method", method, "--device",
                           "cpu", "--json", *extra)
     assert code == 0, err
@@ -58,8 +50,8 @@ def test_json_reports_every_test_set(capsys, files, method, epochs):
     assert result["fit_seconds"] > 0
 
 
-def test_text_output_and_views(capsys, files):
-    code, out, _ = _run(capsys, "--train", files["views"], "--test", f"id={files['id']}",
+def test_text_output_and_views(run_cli, files):
+    code, out, _ = run_cli("tune", "--train", files["views"], "--test", f"id={files['id']}",
                         "--method", "nmtune", "--epochs", 2, "--seed", 3)
     assert code == 0
     header, columns, row = out.strip().splitlines()
@@ -70,11 +62,11 @@ def test_text_output_and_views(capsys, files):
     assert chance == f"{_majority_share(files['id']):.4f}"
 
 
-def test_seeded_runs_agree(capsys, files):
+def test_seeded_runs_agree(run_cli, files):
     argv = ["--train", files["train"], "--test", f"id={files['id']}", "--method", "mlp",
             "--epochs", 2, "--seed", 1, "--json"]
-    first = json.loads(_run(capsys, *argv)[1])["tests"]
-    assert first == json.loads(_run(capsys, *argv)[1])["tests"]
+    first = json.loads(run_cli("tune", *argv)[1])["tests"]
+    assert first == json.loads(run_cli("tune", *argv)[1])["tests"]
 
 
 @pytest.mark.parametrize(
@@ -89,16 +81,16 @@ def test_seeded_runs_agree(capsys, files):
         (["--test", "{id}", "--method", "mlp", "--epochs", "0"], "--epochs must be"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(capsys, files, argv, message):
+def test_bad_input_is_one_line_and_exit_2(run_cli, files, argv, message):
     argv = [a.format(**{k: f"{k}={v}" for k, v in files.items()}) for a in argv]
-    code, out, err = _run(capsys, "--train", files["train"], *argv)
+    code, out, err = run_cli("tune", "--train", files["train"], *argv)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
 
 
-def test_unknown_method_is_an_argparse_error(capsys, files):
+def test_unknown_method_is_an_argparse_error(capsys, run_cli, files):
     with pytest.raises(SystemExit) as exit_info:
-        _run(capsys, "--train", files["train"], "--test", f"id={files['id']}", "--method", "svm")
+        run_cli("tune", "--train", files["train"], "--test", f"id={files['id']}", "--method", "svm")
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
@@ -154,8 +146,8 @@ def no_fit(monkeypatch):
         ("nan_features", "NaN"),
     ],
 )
-def test_every_test_file_is_checked_before_fitting(capsys, bad_files, no_fit, test, message):
-    code, out, err = _run(capsys, "--train", bad_files["train"], "--test",
+def test_every_test_file_is_checked_before_fitting(run_cli, bad_files, no_fit, test, message):
+    code, out, err = run_cli("tune", "--train", bad_files["train"], "--test",
                           f"id={bad_files['train']}", "--test", f"bad={bad_files[test]}",
                           "--method", "lp")
     assert code == 2 and out == "", err
@@ -171,19 +163,19 @@ def test_every_test_file_is_checked_before_fitting(capsys, bad_files, no_fit, te
         ("nan_labels", "NaN"),
     ],
 )
-def test_training_file_is_checked_with_an_accurate_message(capsys, bad_files, no_fit, train,
+def test_training_file_is_checked_with_an_accurate_message(run_cli, bad_files, no_fit, train,
                                                            message):
-    code, out, err = _run(capsys, "--train", bad_files[train], "--test",
+    code, out, err = run_cli("tune", "--train", bad_files[train], "--test",
                           f"id={bad_files['train']}", "--method", "lp")
     assert code == 2 and out == "", err
     assert len(err.strip().splitlines()) == 1 and message in err
     assert str(bad_files[train]) in err
 
 
-def test_whole_number_float_labels_are_read_as_integers(capsys, bad_files):
+def test_whole_number_float_labels_are_read_as_integers(run_cli, bad_files):
     argv = ["--test", f"id={bad_files['train']}", "--method", "lp", "--json"]
-    code, out, err = _run(capsys, "--train", bad_files["whole_floats"], *argv)
+    code, out, err = run_cli("tune", "--train", bad_files["whole_floats"], *argv)
     assert code == 0, err
     as_floats = json.loads(out)["tests"]["id"]["accuracy"]
-    assert json.loads(_run(capsys, "--train", bad_files["train"], *argv)[1])["tests"]["id"][
+    assert json.loads(run_cli("tune", "--train", bad_files["train"], *argv)[1])["tests"]["id"][
         "accuracy"] == as_floats

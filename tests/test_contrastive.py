@@ -136,6 +136,7 @@ def two_ranks(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_process_gathered_loss_equals_one_process_loss(two_ranks):
     model = _tiny_model()
     images, captions = _batch()
@@ -156,6 +157,7 @@ def _query_value(width: int) -> torch.Tensor:
     return torch.cat([torch.arange(width), torch.arange(2 * width, 3 * width)])
 
 
+@pytest.mark.slow
 def test_torchrun_training_equals_one_process(two_ranks, tmp_path):
     images, captions = _batch()
     one = train_clip(_tiny_model(), images.numpy(), captions, tmp_path, **TRAIN_ARGS)
@@ -205,6 +207,7 @@ def _train(tmp_path, out, pause=False) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = _train(tmp_path, whole)
@@ -328,6 +331,7 @@ def _clip_process(tmp_path, out) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_clip_cli_killed_mid_run_resumes_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     victim = _clip_process(tmp_path, killed)

@@ -218,6 +218,17 @@ def test_subset_is_stratified_and_reproducible():
     assert all(r.tobytes() in rows for r in a.inputs)
 
 
+def test_subset_leaving_fewer_rows_than_classes_is_a_plain_shuffle():
+    # 3 rows left out of a 10-class split cannot hold every class: scikit-learn refuses to
+    # stratify that, so the subset is the plain seeded shuffle (it used to raise ValueError).
+    from sklearn.model_selection import train_test_split
+
+    full = load_dataset("digits", "train")
+    n = len(full) - 3
+    chosen, _ = train_test_split(np.arange(len(full)), train_size=n, random_state=4)
+    np.testing.assert_array_equal(full.subset(n, seed=4).labels, full.labels[np.sort(chosen)])
+
+
 def test_fingerprints_identify_content():
     prints = {
         "train": load_dataset("digits", "train").fingerprint,
@@ -230,7 +241,7 @@ def test_fingerprints_identify_content():
     }
     assert prints.pop("train again") == prints["train"]
     assert len(set(prints.values())) == len(prints)
-    sources._digits_arrays.cache_clear()  # recomputed from scratch: the same digest
+    sources.forget_loaded()  # recomputed from scratch: the same digest
     assert load_dataset("digits", "train").fingerprint == prints["train"]
 
 

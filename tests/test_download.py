@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import socket
 import struct
-import threading
 
 import numpy as np
 import pytest
@@ -67,15 +66,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def server(local_http):
+    httpd = local_http(_Handler)
     httpd.log, httpd.files = [], {}
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    return httpd
 
 
 def _get(server, route, dest, **kw):
@@ -185,11 +179,11 @@ def test_fashion_mnist_downloads_when_debian_package_is_absent(server, tmp_path,
         {k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
     )
     monkeypatch.setenv("NMTUNE_DATA", str(tmp_path / "cache"))
-    sources._fashion_mnist_arrays.cache_clear()
+    sources.forget_loaded()
     try:
         data = sources.load_fashion_mnist("test")
     finally:
-        sources._fashion_mnist_arrays.cache_clear()
+        sources.forget_loaded()
     np.testing.assert_array_equal(data.inputs[:, 0], images / np.float32(255))
     np.testing.assert_array_equal(data.labels, labels)
     assert (tmp_path / "cache" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()

@@ -1,6 +1,7 @@
 """features.extract and its cache: correctness against numpy, hits, resumption, tampering, keys."""
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -10,21 +11,13 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from nmtune import _io
 from nmtune._io import load_feature_file
 from nmtune._validation import NMTuneError
+from nmtune.augment import ImageAugment, WordDropout, row_seeds, row_uniforms
 from nmtune.backbones import CallableBackbone, TorchBackbone
 from nmtune.backbones.base import Backbone
 from nmtune.data.base import Dataset
-from nmtune.features import (
-    CacheWarning,
-    ImageAugment,
-    WordDropout,
-    default_cache_dir,
-    extract,
-    row_seeds,
-    row_uniforms,
-)
+from nmtune.features import CacheWarning, default_cache_dir, extract
 
 
 class _Linear(nn.Module):
@@ -354,34 +347,35 @@ def _entry_is_a_file(tmp_path, monkeypatch, key):
     return tmp_path / "cache"
 
 
+def _refuse_files(monkeypatch, root: Path, error: OSError, after: int = 0) -> None:
+    """Fail every file created under ``root`` once ``after`` have been: the cache creates each
+    file as a ``tempfile.mkstemp`` temporary (then renames it), its write probe included."""
+    real, made = tempfile.mkstemp, []
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and (Path(dir) == root or root in Path(dir).parents):
+            if len(made) >= after:
+                raise error
+            made.append(dir)
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
 def _unwritable(tmp_path, monkeypatch, key):
     root = tmp_path / "cache"
     root.mkdir()
     root.chmod(0o555)
     # chmod does not bind root (tests may run as root): refuse files there as the kernel would.
-    real = _io.tempfile.mkstemp
-
-    def mkstemp(*args, dir=None, **kwargs):
-        if dir is not None and (Path(dir) == root or root in Path(dir).parents):
-            raise PermissionError(13, "Permission denied", str(dir))
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(_io.tempfile, "mkstemp", mkstemp)
+    _refuse_files(monkeypatch, root, PermissionError(13, "Permission denied", str(root)))
     return root
 
 
 def _disk_full_mid_run(tmp_path, monkeypatch, key):
-    from nmtune import features
-
-    real = features._Entry.write_shard
-
-    def write_shard(self, index, *args):
-        if index == 2:
-            raise OSError(28, "No space left on device")
-        return real(self, index, *args)
-
-    monkeypatch.setattr(features._Entry, "write_shard", write_shard)
-    return tmp_path / "cache"
+    # The write probe, shards 0 and 1 and their progress files fit; shard 2 does not.
+    root = tmp_path / "cache"
+    _refuse_files(monkeypatch, root, OSError(28, "No space left on device"), after=5)
+    return root
 
 
 @pytest.mark.parametrize("views", [1, 2])

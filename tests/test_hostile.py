@@ -28,7 +28,7 @@ from nmtune.backbones import CallableBackbone, OpenAIEmbeddings
 from nmtune.cli import main
 from nmtune.serve import ServerLimits
 from test_blackbox import RecordingServer
-from test_serve import MODEL, HashingBackbone, request, start
+from test_serve import CHILD_REGISTERS, MODEL, HashingBackbone, request, server_for
 
 FAST = {"header_timeout": 0.5, "body_timeout": 0.5}
 
@@ -55,18 +55,12 @@ class SlowHashing(HashingBackbone):
 
 
 @pytest.fixture
-def serve():
-    servers = []
+def serve(local_http):
+    def serve(backbone=None, api_key=None, **limits):
+        limits = ServerLimits(**{**FAST, **limits})
+        return local_http(server_for(backbone or HashingBackbone(), api_key=api_key, limits=limits))
 
-    def serve(backbone=None, **limits):
-        server = start(backbone or HashingBackbone(), limits=ServerLimits(**{**FAST, **limits}))
-        servers.append(server)
-        return server
-
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    return serve
 
 
 def raw_exchange(server, data: bytes, timeout: float = 5.0) -> bytes:
@@ -408,11 +402,7 @@ def vm_kib(pid: int, field: str) -> int:
 @pytest.fixture(scope="module")
 def cli_server(tmp_path_factory):
     """`nmtune serve-embeddings` on the hashing backbone, small limits, key from the environment."""
-    tests = os.path.dirname(__file__)
-    code = (
-        f"import sys; sys.path.insert(0, {tests!r}); import test_serve; from nmtune.cli import "
-        "main; sys.exit(main(sys.argv[1:]))"
-    )
+    code = CHILD_REGISTERS + "from nmtune.cli import main; sys.exit(main(sys.argv[1:]))"
     args = ["serve-embeddings", "--backbone", "hash-embed", "--port", "0", "--model-name", MODEL]
     args += ["--workers", "4", "--queue-size", "16", "--max-body-bytes", "2000000"]
     args += ["--header-timeout", "0.5", "--body-timeout", "0.5"]
@@ -437,6 +427,7 @@ class Address:
         self.server_address = address
 
 
+@pytest.mark.slow
 def test_cli_reads_the_key_from_the_environment(cli_server):
     _, url, _ = cli_server
     with pytest.raises(NMTuneError, match="401"):
@@ -445,6 +436,7 @@ def test_cli_reads_the_key_from_the_environment(cli_server):
     np.testing.assert_array_equal(got, HashingBackbone().embed(["a b"]))
 
 
+@pytest.mark.slow
 def test_cli_server_memory_stays_bounded_under_big_requests(cli_server):
     proc, url, address = cli_server
     server = Address(address)
@@ -474,6 +466,7 @@ def test_cli_server_memory_stays_bounded_under_big_requests(cli_server):
     assert post(server, b"{}", timeout=5)[0] == 401  # still answering
 
 
+@pytest.mark.slow
 def test_cli_slow_loris_gets_the_configured_timeout(cli_server):
     _, _, address = cli_server
     sockets = [socket.create_connection(address) for _ in range(4)]
@@ -528,20 +521,15 @@ def test_server_limits_are_checked():
 # --------------------------------------------------------------------------- redirects
 
 
-def test_a_redirect_to_a_real_server_on_another_port_never_delivers_the_key(serve):
+def test_a_redirect_to_a_real_server_on_another_port_never_delivers_the_key(serve, local_http):
     # The nmtune server on one port, a redirector on another (another origin): were the
     # client to follow with its key, this keyed server would embed the text.
     backbone = SlowHashing()
-    server = start(backbone, api_key="sk-secret", limits=ServerLimits(**FAST))
-    redirector = RecordingServer((307, {"Location": f"{server.url}/embeddings"}, b""))
-    try:
-        api = OpenAIEmbeddings(f"{redirector.origin}/v1", MODEL, api_key="sk-secret")
-        with pytest.raises(NMTuneError, match="another origin: not followed"):
-            api(["a"])
-        assert backbone.batches == [] and redirector.seen[0]["path"] == "/v1/embeddings"
-        direct = OpenAIEmbeddings(server.url, MODEL, api_key="sk-secret")(["a"])  # the key works
-        np.testing.assert_array_equal(direct, HashingBackbone().embed(["a"]))
-    finally:
-        redirector.close()
-        server.shutdown()
-        server.server_close()
+    server = serve(backbone, api_key="sk-secret")
+    redirector = RecordingServer(local_http, (307, {"Location": f"{server.url}/embeddings"}, b""))
+    api = OpenAIEmbeddings(f"{redirector.origin}/v1", MODEL, api_key="sk-secret")
+    with pytest.raises(NMTuneError, match="another origin: not followed"):
+        api(["a"])
+    assert backbone.batches == [] and redirector.seen[0]["path"] == "/v1/embeddings"
+    direct = OpenAIEmbeddings(server.url, MODEL, api_key="sk-secret")(["a"])  # the key works
+    np.testing.assert_array_equal(direct, HashingBackbone().embed(["a"]))

@@ -17,6 +17,7 @@ import nmtune.data.lazy as lazy_mod
 import nmtune.pretrain as pretrain_mod
 import nmtune.pretrain.loop as loop_mod
 from nmtune._validation import NMTuneError
+from nmtune.augment import crop_and_flip
 from nmtune.backbones import create_backbone
 from nmtune.backbones.resnet import Bottleneck, ImageNetResNet
 from nmtune.cli import build_parser
@@ -26,19 +27,10 @@ from nmtune.data import load_dataset
 from nmtune.data.lazy import LazyImages, decode_cover_crop
 from nmtune.features import extract
 from nmtune.pretrain import PretrainConfig, pretrain
-from nmtune.pretrain.inputs import Preprocessed, Streamed, crop_and_flip
+from nmtune.pretrain.inputs import Preprocessed, Streamed
 from nmtune.study import PACKAGED_CONFIGS, NoiseGrid, _make_tuner, _Runner, load_config
 
 CLASSES = ("ant", "bee", "cat")
-
-
-@pytest.fixture
-def one_thread():
-    """Exact comparisons need equal thread counts (and one thread is fastest on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _n_params(module: torch.nn.Module) -> int:
@@ -107,7 +99,6 @@ def test_resnet_strides_and_output_shapes():
 
 
 @pytest.mark.parametrize(("name", "dim"), [("resnet18", 512), ("resnet50", 2048)])
-@pytest.mark.usefixtures("one_thread")
 def test_registered_resnets_normalise_like_imagenet(name, dim):
     backbone = create_backbone(name, image_size=32, seed=1)
     grey = np.random.default_rng(0).uniform(size=(2, 1, 32, 32)).astype(np.float32)
@@ -216,7 +207,6 @@ def test_auto_mode_and_unreadable_files(tree, tmp_path, monkeypatch):
         broken.inputs[:]
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_extract_over_lazy_equals_in_memory(tree):
     lazy, memory = _both(tree)
     backbone = create_backbone("resnet8", width=16, in_channels=3)
@@ -249,8 +239,8 @@ def _pretrain(root, out, monkeypatch, lazy: bool, **overrides):
     return pretrain(config, out, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [False, True])
-@pytest.mark.usefixtures("one_thread")
 def test_streamed_pretraining_equals_in_memory(big_tree, tmp_path, monkeypatch, augment):
     crops = []
     real_crop = loop_mod.crop_and_flip

@@ -5,7 +5,6 @@ takes a second or two per run.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -44,20 +43,6 @@ BASE_ARGS = [
     "--noise-seed", "1", "--epochs", "4", "--batch-size", "64", "--lr", "0.05", "--seed", "3",
     "--device", "cpu", "--quiet",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread, as in the subprocesses: exact comparisons need equal thread counts,
-    and on a shared 2-core machine two OpenMP threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _subprocess_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +170,11 @@ def test_interrupted_run_resumes_bit_identical(straight, tmp_path, monkeypatch):
             assert resumed.metrics[k] == v, k
 
 
-def test_sigkilled_process_resumes_bit_identical(straight, tmp_path):
+@pytest.mark.slow
+def test_sigkilled_process_resumes_bit_identical(straight, tmp_path, child_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "nmtune.pretrain", *BASE_ARGS, "--out", str(tmp_path)],
-        env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while not (tmp_path / "checkpoint.pt").exists():
@@ -230,12 +216,13 @@ class _RankwiseBatchNorm(torch.nn.BatchNorm2d):
         return torch.cat([super().forward(first), rest])
 
 
-def test_two_process_ddp_matches_single_process(straight, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(straight, tmp_path, monkeypatch, child_env):
     ddp_dir = tmp_path / "ddp"
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "nmtune.pretrain", *BASE_ARGS, "--out", str(ddp_dir), "--json"],
-        env=_subprocess_env(), check=True, capture_output=True, timeout=300,
+        env=child_env, check=True, capture_output=True, timeout=300,
     )
     ddp = json.loads((ddp_dir / "metrics.json").read_text())
     assert ddp["world_size"] == 2

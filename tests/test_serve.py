@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,8 +25,8 @@ from nmtune.backbones import (
     OpenAIEmbeddings,
     RetryableError,
     create_backbone,
-    list_backbones,
     register_backbone,
+    unregister_backbone,
 )
 from nmtune.backbones.base import Backbone
 from nmtune.cli import main
@@ -68,15 +67,31 @@ class HashingBackbone(Backbone):
         return out.astype(np.float32)
 
 
-if "hash-embed" not in {spec.name for spec in list_backbones()}:
+def register_hash_embed() -> None:
+    """Register :class:`HashingBackbone` as ``hash-embed``: through the :func:`hash_embed`
+    fixture here, directly in the child interpreters that serve it from the CLI."""
     register_backbone("hash-embed", modality="text", feature_dim=32,
                       description="test: hashed bag of words")(HashingBackbone)
 
 
-def start(backbone, **kwargs):
-    server = make_server(backbone, port=0, model_name=MODEL, **kwargs)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server
+#: Python code a child interpreter runs first to serve ``hash-embed`` from the real CLI.
+CHILD_REGISTERS = (
+    f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_serve; "
+    "test_serve.register_hash_embed(); "
+)
+
+
+@pytest.fixture
+def hash_embed():
+    """``hash-embed`` in the backbone registry for one test."""
+    register_hash_embed()
+    yield "hash-embed"
+    unregister_backbone("hash-embed")
+
+
+def server_for(backbone, **kwargs):
+    """An embeddings server for ``backbone`` on a free port (not yet serving)."""
+    return make_server(backbone, port=0, model_name=MODEL, **kwargs)
 
 
 @pytest.fixture
@@ -85,11 +100,8 @@ def backbone():
 
 
 @pytest.fixture
-def server(backbone):
-    srv = start(backbone)
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(backbone, local_http):
+    return local_http(server_for(backbone))
 
 
 def request(server, method, path, body=None, headers=None):
@@ -209,37 +221,29 @@ def test_missing_content_length_is_refused(server):
     conn.close()
 
 
-def test_api_key_is_required_when_set(backbone):
-    server = start(backbone, api_key="sk-local")
-    try:
-        body = {"model": MODEL, "input": ["a b"]}
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sk-local"}):
-            status, got = request(server, "POST", "/v1/embeddings", body, headers)
-            assert status == 401 and got["error"]["code"] == "invalid_api_key"
-            assert request(server, "GET", "/v1/models", headers=headers)[0] == 401
-        assert backbone.calls == 0
-        ok = OpenAIEmbeddings(server.url, MODEL, api_key="sk-local")(["a b"])
-        np.testing.assert_array_equal(ok, HashingBackbone().embed(["a b"]))
-        with pytest.raises(NMTuneError, match="401"):
-            OpenAIEmbeddings(server.url, MODEL, api_key="sk-other")(["a b"])
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_api_key_is_required_when_set(backbone, local_http):
+    server = local_http(server_for(backbone, api_key="sk-local"))
+    body = {"model": MODEL, "input": ["a b"]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sk-local"}):
+        status, got = request(server, "POST", "/v1/embeddings", body, headers)
+        assert status == 401 and got["error"]["code"] == "invalid_api_key"
+        assert request(server, "GET", "/v1/models", headers=headers)[0] == 401
+    assert backbone.calls == 0
+    ok = OpenAIEmbeddings(server.url, MODEL, api_key="sk-local")(["a b"])
+    np.testing.assert_array_equal(ok, HashingBackbone().embed(["a b"]))
+    with pytest.raises(NMTuneError, match="401"):
+        OpenAIEmbeddings(server.url, MODEL, api_key="sk-other")(["a b"])
 
 
-def test_backbone_failure_is_a_retryable_500_and_the_server_survives():
-    server = start(HashingBackbone(fail=True))
-    try:
-        status, body = request(server, "POST", "/v1/embeddings", {"model": MODEL, "input": ["a"]})
-        assert status == 500 and body["error"]["type"] == "server_error"
-        assert "model crashed" in body["error"]["message"]
-        with pytest.raises(RetryableError, match="500"):
-            OpenAIEmbeddings(server.url, MODEL, api_key="")(["a"])
-        server.backbone.fail = False
-        assert request(server, "POST", "/v1/embeddings", {"model": MODEL, "input": ["a"]})[0] == 200
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_backbone_failure_is_a_retryable_500_and_the_server_survives(local_http):
+    server = local_http(server_for(HashingBackbone(fail=True)))
+    status, body = request(server, "POST", "/v1/embeddings", {"model": MODEL, "input": ["a"]})
+    assert status == 500 and body["error"]["type"] == "server_error"
+    assert "model crashed" in body["error"]["message"]
+    with pytest.raises(RetryableError, match="500"):
+        OpenAIEmbeddings(server.url, MODEL, api_key="")(["a"])
+    server.backbone.fail = False
+    assert request(server, "POST", "/v1/embeddings", {"model": MODEL, "input": ["a"]})[0] == 200
 
 
 def test_concurrent_clients_each_get_their_own_answers(server):
@@ -266,13 +270,12 @@ def test_cli_refuses_an_image_backbone(capsys):
     assert "serves text" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_serves_until_sigterm_then_exits_cleanly():
     # A fresh interpreter registers the test backbone, then runs the real CLI entry point.
-    tests = os.path.dirname(__file__)
-    code = (
-        f"import sys; sys.path.insert(0, {tests!r}); import test_serve; from nmtune.cli import "
-        "main; sys.exit(main(['serve-embeddings', '--backbone', 'hash-embed', '--port', '0', "
-        f"'--model-name', {MODEL!r}]))"
+    code = CHILD_REGISTERS + (
+        "from nmtune.cli import main; sys.exit(main(['serve-embeddings', '--backbone', "
+        f"'hash-embed', '--port', '0', '--model-name', {MODEL!r}]))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -329,10 +332,10 @@ def _toy_study(dataset: str, backbone: dict) -> dict:
     }
 
 
-def test_study_through_the_api_equals_the_direct_study(tmp_path, server, backbone):
+def test_study_through_the_api_equals_the_direct_study(tmp_path, server, backbone, hash_embed):
     dataset = _toy_text_csv(tmp_path / "toy.csv")
     direct = run_study(
-        config_from_dict(_toy_study(dataset, {"name": "hash-embed"})),
+        config_from_dict(_toy_study(dataset, {"name": hash_embed})),
         tmp_path / "direct",
         progress=False,
     )["results"]

@@ -1,7 +1,6 @@
 """The study grid: config validation, results against direct recomputation, caching, and
 resumption after SIGKILL ending in the same table as an uninterrupted run."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -23,33 +22,8 @@ from nmtune.study import (
     run_study,
 )
 
-TINY = {
-    "name": "tiny",
-    "seeds": [0],
-    "backbone": {"name": "resnet8", "kwargs": {"width": 4}},
-    "pretrain": {"dataset": "digits", "epochs": 2, "batch_size": 64, "eval_split": "test"},
-    "noise": {"kind": "symmetric", "ratios": [0.0, 0.3]},
-    "tasks": [{
-        "name": "digits",
-        "train": {"dataset": "digits", "split": "train", "limit": 300},
-        "test": {"dataset": "digits", "split": "test", "limit": 200},
-        "ood": {"rotated": {"dataset": "digits~rotate30", "split": "test", "limit": 200}},
-    }],
-    "methods": {"lp": {"Cs": 3}, "mlp": {"epochs": 2}, "nmtune": {"epochs": 2}},
-}
 # Timings differ between runs by nature; everything else must match exactly.
 TIMING = ["fit_seconds", "seconds"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Identical floating-point results across processes need the same thread count.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGED_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -77,9 +51,9 @@ def test_default_config_has_the_promised_grid():
         ({"tasks": [{"name": "x", "train": {"split": "train"}, "test": "digits"}]}, "dataset"),
     ],
 )
-def test_config_errors_name_the_problem(change, match):
+def test_config_errors_name_the_problem(change, match, tiny_study):
     with pytest.raises(NMTuneError, match=match):
-        config_from_dict({**TINY, **change})
+        config_from_dict({**tiny_study, **change})
 
 
 def test_selection_grid_is_a_validation_search():
@@ -97,9 +71,9 @@ def test_unknown_config_name_lists_the_packaged_ones():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_study):
     out = tmp_path_factory.mktemp("study")
-    tables = run_study(config_from_dict(TINY), out, progress=False)
+    tables = run_study(config_from_dict(tiny_study), out, progress=False)
     return out, tables
 
 
@@ -144,14 +118,14 @@ def test_a_cell_equals_a_direct_recomputation(tiny_run):
         summary(test.features)["sve"])
 
 
-def test_rerun_reuses_every_cell(tiny_run, monkeypatch):
+def test_rerun_reuses_every_cell(tiny_run, monkeypatch, tiny_study):
     out, tables = tiny_run
     import nmtune.study as study
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached cell was recomputed")
 
-    config = config_from_dict(TINY)  # builds each method's estimator once, to validate it
+    config = config_from_dict(tiny_study)  # builds each method's estimator once, to validate it
     monkeypatch.setattr(study, "_make_tuner", fail)
     again = run_study(config, out, progress=False)
     pd.testing.assert_frame_equal(again["results"], tables["results"])
@@ -159,7 +133,7 @@ def test_rerun_reuses_every_cell(tiny_run, monkeypatch):
 
 @pytest.mark.parametrize("content", [b"{}", b"\x00not json", b"[1]", b'{"rows": 3}'],
                          ids=["empty", "garbage", "list", "wrong-rows"])
-def test_broken_cell_files_are_recomputed_with_a_warning(tiny_run, tmp_path, content):
+def test_broken_cell_files_are_recomputed_with_a_warning(tiny_run, tmp_path, content, tiny_study):
     out, tables = tiny_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
@@ -168,15 +142,15 @@ def test_broken_cell_files_are_recomputed_with_a_warning(tiny_run, tmp_path, con
     for cell in (tune, spectrum):
         cell.write_bytes(content)
     with pytest.warns(UserWarning, match="recomputing") as caught:
-        again = run_study(config_from_dict(TINY), copy, progress=False)
+        again = run_study(config_from_dict(tiny_study), copy, progress=False)
     assert {str(w.message).split(" ")[0] for w in caught} >= {str(tune), str(spectrum)}
     pd.testing.assert_frame_equal(again["results"].drop(columns=TIMING[:1]),
                                   tables["results"].drop(columns=TIMING[:1]))
     pd.testing.assert_frame_equal(again["spectrum"], tables["spectrum"])
 
 
-def _run_cli(config: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NMTUNE_CACHE": str(out / "unused-cache")}
+def _run_cli(config: Path, out: Path, env: dict) -> subprocess.Popen:
+    env = {**env, "NMTUNE_CACHE": str(out / "unused-cache")}
     return subprocess.Popen(
         [sys.executable, "-m", "nmtune", "study", str(config), "--out", str(out), "--quiet",
          "--no-report"],
@@ -189,14 +163,15 @@ def _table(out: Path) -> pd.DataFrame:
     return df.sort_values(list(df.columns)).reset_index(drop=True)
 
 
-def test_sigkill_then_resume_gives_the_same_table(tmp_path):
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_study, child_env):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
-    straight = _run_cli(config, tmp_path / "straight")
+    config.write_text(yaml.safe_dump(tiny_study))
+    straight = _run_cli(config, tmp_path / "straight", child_env)
     assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()
 
     killed_dir = tmp_path / "killed"
-    proc = _run_cli(config, killed_dir)
+    proc = _run_cli(config, killed_dir, child_env)
     deadline = time.time() + 300
     # Kill once the first model has finished and tuning has begun: mid-study.
     while not list(killed_dir.glob("cells/tune-*.json")) and time.time() < deadline:
@@ -206,7 +181,7 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "results.csv").exists()
-    resumed = _run_cli(config, killed_dir)
+    resumed = _run_cli(config, killed_dir, child_env)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
     pd.testing.assert_frame_equal(_table(killed_dir), _table(tmp_path / "straight"))
     # Nothing half-written was left behind.
@@ -225,22 +200,23 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path):
         ({"dataset": "cifar-1000"}, "unknown dataset"),
     ],
 )
-def test_missing_data_fails_before_any_work(tmp_path, task_train, match):
-    raw = {**TINY, "tasks": [{**TINY["tasks"][0], "train": task_train}]}
+def test_missing_data_fails_before_any_work(tmp_path, task_train, match, tiny_study):
+    raw = {**tiny_study, "tasks": [{**tiny_study["tasks"][0], "train": task_train}]}
     with pytest.raises(NMTuneError, match=match):
         run_study(config_from_dict(raw), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
-def test_test_sets_must_share_the_training_classes(tmp_path):
-    raw = {**TINY, "pretrain": None, "noise": None, "methods": {"lp": {"Cs": 1}},
+def test_test_sets_must_share_the_training_classes(tmp_path, tiny_study):
+    raw = {**tiny_study, "pretrain": None, "noise": None, "methods": {"lp": {"Cs": 1}},
            "tasks": [{"name": "digits", "train": {"dataset": "digits", "limit": 100},
                       "test": {"dataset": "fashion-mnist", "split": "test", "limit": 100}}]}
     with pytest.raises(NMTuneError, match="must be the same list"):
         run_study(config_from_dict(raw), tmp_path, progress=False)
 
 
-def test_each_feature_set_is_extracted_once_per_model(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_each_feature_set_is_extracted_once_per_model(tmp_path, monkeypatch, tiny_study):
     import nmtune.features
 
     calls = []
@@ -251,6 +227,6 @@ def test_each_feature_set_is_extracted_once_per_model(tmp_path, monkeypatch):
         return real_extract(backbone, dataset, **kw)
 
     monkeypatch.setattr(nmtune.features, "extract", counting)
-    run_study(config_from_dict(TINY), tmp_path, progress=False)
+    run_study(config_from_dict(tiny_study), tmp_path, progress=False)
     # 2 models × (train, ID test, OOD test), shared by 3 methods and the spectrum.
     assert len(calls) == len(set(calls)) == 6

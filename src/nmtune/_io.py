@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import math
 import os
@@ -80,14 +79,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     write_bytes_atomic(path, text.encode())
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_feature_file(path, features: np.ndarray, labels: np.ndarray, meta: dict | None = None):

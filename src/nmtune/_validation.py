@@ -144,7 +144,8 @@ def check_keys(mapping: dict, allowed, where: str) -> None:
 def check_int(value, name: str, minimum: int) -> int:
     """``value`` as an int >= ``minimum``; a bool (an int subclass) is always a mistake here."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise NMTuneError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise NMTuneError(f"{name} must be {want}, got {value!r}")
     return int(value)
 
 

@@ -25,7 +25,6 @@ on the shard size or on which shards a resumed run recomputed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -37,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import __version__
-from ._io import atomic_path, save_feature_file, sha256_file, write_json_atomic
+from ._hashing import callable_identity, json_digest, sha256_file
+from ._io import atomic_path, save_feature_file, write_json_atomic
 from ._torch import resolve_device, tune_cpu_allocator
-from ._validation import NMTuneError
+from ._validation import NMTuneError, check_int
+from .augment import ImageAugment, WordDropout, row_seeds
 from .backbones.base import Backbone
-from .backbones.torch_backbone import callable_identity
 from .data.base import Dataset
 
 #: Bump when the cache layout or the stored content changes meaning.
@@ -100,98 +99,7 @@ class FeatureSet:
         save_feature_file(path, np.asarray(self.features), self.labels, self.meta)
 
 
-# -- seeded augmentation --------------------------------------------------------------------
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijective scramble of uint64 values (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def row_seeds(seed: int, view: int, start: int, stop: int) -> np.ndarray:
-    """Independent uint64 seeds for rows ``start..stop-1`` of one view: shape (stop - start,)."""
-    with np.errstate(over="ignore"):
-        base = _mix64(np.array([seed % 2**64], dtype=np.uint64) * _GOLDEN + np.uint64(view))
-        return _mix64(base + np.arange(start, stop, dtype=np.uint64) * _GOLDEN)
-
-
-def row_uniforms(seeds: np.ndarray, k: int) -> np.ndarray:
-    """``k`` uniforms in [0, 1) per seed, shape (len(seeds), k): SplitMix64 streams, vectorised."""
-    with np.errstate(over="ignore"):
-        steps = np.arange(1, k + 1, dtype=np.uint64) * _GOLDEN
-        bits = _mix64(seeds[:, None].astype(np.uint64) + steps[None, :])
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-@dataclass(frozen=True)
-class ImageAugment:
-    """Random crop-and-resize (zoom), translation and small rotation, one draw per row.
-
-    Parameters
-    ----------
-    scale : (float, float)
-        Range of the crop's side relative to the image (1 = no zoom).
-    max_shift : float
-        Largest translation, as a fraction of the image side.
-    max_degrees : float
-        Largest rotation either way.
-    """
-
-    scale: tuple[float, float] = (0.8, 1.0)
-    max_shift: float = 0.1
-    max_degrees: float = 10.0
-
-    @property
-    def identity(self) -> str:
-        return repr(self)
-
-    def __call__(self, batch: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        """``batch`` (B, C, H, W) float, ``seeds`` (B,) uint64 -> augmented (B, C, H, W) float32."""
-        u = torch.from_numpy(row_uniforms(seeds, 4)).float()
-        s = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
-        angle = torch.deg2rad((2 * u[:, 1] - 1) * self.max_degrees)
-        # affine_grid maps output to input coordinates in [-1, 1]: a shift of f*side is 2f.
-        tx, ty = (2 * u[:, 2] - 1) * 2 * self.max_shift, (2 * u[:, 3] - 1) * 2 * self.max_shift
-        cos, sin = s * torch.cos(angle), s * torch.sin(angle)
-        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-        x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(
-            x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        ).numpy()
-
-
-@dataclass(frozen=True)
-class WordDropout:
-    """Drop each whitespace-separated word with probability ``p`` (at least one word is kept).
-
-    The only augmentation that works for any text backbone, API-only ones included, because it
-    changes the input text rather than the model.
-    """
-
-    p: float = 0.1
-
-    @property
-    def identity(self) -> str:
-        return repr(self)
-
-    def __call__(self, batch: list[str], seeds: np.ndarray) -> list[str]:
-        out = []
-        for text, seed in zip(batch, seeds, strict=True):
-            words = text.split()
-            if len(words) < 2:
-                out.append(text)
-                continue
-            u = row_uniforms(seed[None], len(words))[0]
-            keep = u >= self.p
-            keep[np.argmax(u)] = True
-            out.append(" ".join(w for w, k in zip(words, keep, strict=True) if k))
-        return out
+# -- augmentation --------------------------------------------------------------------------
 
 
 def resolve_augment(augment, modality: str, views: int) -> tuple[Callable | None, str]:
@@ -237,8 +145,7 @@ def cache_key(
         "seed": seed if views > 1 else None,
         "dtype": dtype,
     }
-    blob = json.dumps(payload, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest(), payload
+    return json_digest(payload), payload
 
 
 class _Entry:
@@ -431,7 +338,9 @@ def extract(
     -------
     FeatureSet
     """
-    _check_arguments(backbone, dataset, views, batch_size, dtype, shard_rows)
+    views, batch_size, shard_rows = _check_arguments(
+        backbone, dataset, views, batch_size, dtype, shard_rows
+    )
     started = time.perf_counter()
     augment_fn, augment_id = resolve_augment(augment, dataset.modality, views)
     device = resolve_device(device)
@@ -489,7 +398,9 @@ def extract(
     return FeatureSet(features, dataset.labels, {**meta, "seconds": seconds, "cache": status})
 
 
-def _check_arguments(backbone, dataset, views, batch_size, dtype, shard_rows) -> None:
+def _check_arguments(backbone, dataset, views, batch_size, dtype, shard_rows) -> list[int]:
+    """Raise naming the first bad argument; return ``views``, ``batch_size``, ``shard_rows`` as
+    ints (a numpy integer would otherwise enter the cache key as a string)."""
     if not isinstance(backbone, Backbone):
         raise NMTuneError(f"backbone must be a nmtune Backbone, got {type(backbone).__name__}")
     if not isinstance(dataset, Dataset):
@@ -501,11 +412,11 @@ def _check_arguments(backbone, dataset, views, batch_size, dtype, shard_rows) ->
         )
     if len(dataset) == 0:
         raise NMTuneError(f"dataset {dataset.name}/{dataset.split} is empty")
-    for label, value in (("views", views), ("batch_size", batch_size), ("shard_rows", shard_rows)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise NMTuneError(f"{label} must be a positive integer, got {value!r}")
+    counts = [check_int(value, label, 1) for label, value in
+              (("views", views), ("batch_size", batch_size), ("shard_rows", shard_rows))]
     if dtype not in _DTYPES:
         raise NMTuneError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    return counts
 
 
 def _extract_uncached(embedder: _Embedder, shard_rows: int) -> np.ndarray:

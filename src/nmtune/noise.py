@@ -30,6 +30,7 @@ import numpy as np
 from ._validation import (
     NMTuneError,
     as_label_array,
+    check_int,
     check_keys,
     check_rate,
     check_same_length,
@@ -53,15 +54,8 @@ ROW_SUM_TOLERANCE = 1e-6
 # --------------------------------------------------------------------------- validation helpers
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    # bool is an int subclass, but True as a seed or class count is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise NMTuneError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(_check_int(seed, "seed", 0))
+    return np.random.default_rng(check_int(seed, "seed", 0))
 
 
 def _class_labels(labels, num_classes: int | None) -> tuple[np.ndarray, int]:
@@ -77,7 +71,7 @@ def _class_labels(labels, num_classes: int | None) -> tuple[np.ndarray, int]:
         if k < 2:
             raise NMTuneError(f"label noise needs at least 2 classes, got labels 0..{k - 1}")
     else:
-        k = _check_int(num_classes, "num_classes", 2)
+        k = check_int(num_classes, "num_classes", 2)
     if y.max() >= k:
         raise NMTuneError(f"labels must be < num_classes={k}, got {int(y.max())}")
     return y, k
@@ -522,7 +516,7 @@ class NoiseSpec:
         if self.mapping is not None:
             if isinstance(self.mapping, str | bytes) or not isinstance(self.mapping, Sequence):
                 raise NMTuneError(f"mapping must be a list of class indices, got {self.mapping!r}")
-            object.__setattr__(self, "mapping", tuple(_check_int(c, "mapping entry", 0)
+            object.__setattr__(self, "mapping", tuple(check_int(c, "mapping entry", 0)
                                                       for c in self.mapping))
 
     @property

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ._validation import NMTuneError, as_float_array
+from ._validation import NMTuneError, as_float_array, check_int
 
 __all__ = [
     "effective_rank",
@@ -149,10 +149,7 @@ def _prepare(b: np.ndarray, normalize: bool) -> np.ndarray:
 def _batch_rows(batch_size: int | None, d: int) -> int:
     if batch_size is None:
         return max(1, _BATCH_BYTES // (8 * d))
-    is_int = isinstance(batch_size, int | np.integer) and not isinstance(batch_size, bool)
-    if not is_int or batch_size < 1:
-        raise NMTuneError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int(batch_size, "batch_size", 1)
 
 
 def _proportions(s) -> np.ndarray:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import inspect
 import json
 import platform
@@ -44,6 +43,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import __version__
+from ._hashing import json_digest
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError, check_int, check_keys, check_str
 from .environment import environment
@@ -557,8 +557,7 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
 
 
 def _key(*parts: Any) -> str:
-    blob = json.dumps([CELL_FORMAT, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return json_digest([CELL_FORMAT, *parts])[:20]
 
 
 def _cached(path: Path, compute: Callable[[], dict], valid: Callable[[dict], bool]) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import NMTuneError
+from .._validation import NMTuneError, check_int
 
 __all__ = ["BasicBlock", "ConvBNReLU", "ResNet", "SmallCNN", "conv3x3", "shortcut"]
 
@@ -69,12 +69,6 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise NMTuneError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _kaiming_init(module: nn.Module) -> None:
     """He-normal convolutions (fan-out, for ReLU nets), unit/zero BatchNorm, small linear."""
     for m in module.modules():
@@ -129,7 +123,9 @@ class ResNet(_PooledFeatures):
     """
 
     def __init__(self, depth: int = 8, width: int = 16, in_channels: int = 1) -> None:
-        _check_positive(depth=depth, width=width, in_channels=in_channels)
+        depth = check_int(depth, "depth", 1)
+        width = check_int(width, "width", 1)
+        in_channels = check_int(in_channels, "in_channels", 1)
         if (depth - 2) % 6 != 0 or depth < 8:
             raise NMTuneError(f"ResNet depth must be 6n+2, n >= 1 (8, 14, 20, ...), got {depth}")
         blocks_per_stage = (depth - 2) // 6
@@ -162,7 +158,8 @@ class SmallCNN(_PooledFeatures):
     """
 
     def __init__(self, width: int = 32, in_channels: int = 1) -> None:
-        _check_positive(width=width, in_channels=in_channels)
+        width = check_int(width, "width", 1)
+        in_channels = check_int(in_channels, "in_channels", 1)
         widths = (width, 2 * width, 4 * width, 8 * width)
         layers: list[nn.Module] = []
         channels = in_channels

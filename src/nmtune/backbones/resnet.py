@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import NMTuneError
-from .cifar import BasicBlock, ConvBNReLU, _check_positive, _PooledFeatures, shortcut
+from .._validation import NMTuneError, check_int
+from .cifar import BasicBlock, ConvBNReLU, _PooledFeatures, shortcut
 
 __all__ = ["Bottleneck", "ImageNetResNet", "STAGES"]
 
@@ -89,7 +89,8 @@ class ImageNetResNet(_PooledFeatures):
     """
 
     def __init__(self, depth: int = 50, in_channels: int = 3) -> None:
-        _check_positive(depth=depth, in_channels=in_channels)
+        depth = check_int(depth, "depth", 1)
+        in_channels = check_int(in_channels, "in_channels", 1)
         if depth not in STAGES:
             raise NMTuneError(f"ImageNet ResNet depth must be one of {sorted(STAGES)}, got {depth}")
         kind, blocks = STAGES[depth]

@@ -91,7 +91,7 @@ class SentenceTransformerBackbone(Backbone):
         return self
 
     def identity(self) -> str:
-        from .torch_backbone import state_digest
+        from .._hashing import state_digest
 
         return (
             f"sentence-transformers:{self.name}|dim={self.feature_dim}|normalize={self.normalize}"

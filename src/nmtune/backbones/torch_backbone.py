@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import marshal
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import sha256_file
+from .._hashing import callable_identity, sha256_file, state_digest
 from .._torch import autocast
 from .._validation import NMTuneError, as_float_array
 from .base import Backbone
@@ -98,40 +95,6 @@ def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         weights = torch.tensor(_LUMA, dtype=x.dtype).view(1, 3, 1, 1)
         return (x * weights).sum(dim=1, keepdim=True)
     raise NMTuneError(f"cannot convert {have}-channel images to {channels} channels")
-
-
-def callable_identity(fn: Callable) -> str:
-    """A string naming what ``fn`` computes, for cache keys.
-
-    Its ``identity`` attribute when it has one (give stateful callables one); otherwise its
-    qualified name plus a hash of its compiled code, so editing the function's body changes it.
-    Values captured in closures are not covered.
-    """
-    explicit = getattr(fn, "identity", None)
-    if explicit:
-        return str(explicit)
-    plain = inspect.isfunction(fn) or inspect.ismethod(fn)
-    target = fn if plain else type(fn)
-    name = f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
-    code = getattr(fn if plain else type(fn).__call__, "__code__", None)
-    if code is None:  # builtins and C extensions
-        return name
-    return f"{name}:code={hashlib.sha256(marshal.dumps(code)).hexdigest()[:16]}"
-
-
-def state_digest(module: nn.Module) -> str:
-    """sha256 over a module's state_dict (names, dtypes, shapes, values), in a fixed order.
-
-    Hashing the live state, not a file, keeps the identity right for modules trained in memory
-    or modified after loading.
-    """
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{key}|{data.dtype}|{tuple(data.shape)}\0".encode())
-        # Reinterpreting as bytes works for every dtype, bfloat16 included (numpy lacks it).
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

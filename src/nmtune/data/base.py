@@ -3,13 +3,14 @@ the sources build it with (content fingerprints, label coding, fixed train/test 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._hashing import content_digest, sha256_parts
+from .._splits import stratify_labels
 from .._validation import NMTuneError
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class Dataset:
             labels=self.labels[indices],
             classes=self.classes,
             modality=self.modality,
-            fingerprint=_digest(self.fingerprint, tag),
+            fingerprint=sha256_parts(self.fingerprint, tag),
             info=dict(self.info),
         )
 
@@ -96,39 +97,16 @@ class Dataset:
             raise NMTuneError(f"limit must be positive, got {limit}")
         from sklearn.model_selection import train_test_split
 
-        idx = np.arange(len(self))
-        counts = np.bincount(self.labels, minlength=self.num_classes)
+        # limit >= num_classes (declared, not just present) stays as it always was: a subset's
+        # fingerprint is its tag, so the rows one tag names must never change.
         stratify = (
-            self.labels if counts[counts > 0].min() >= 2 and limit >= self.num_classes else None
+            stratify_labels(self.labels, limit, len(self) - limit)
+            if limit >= self.num_classes else None
         )
-        chosen, _ = train_test_split(idx, train_size=limit, random_state=seed, stratify=stratify)
+        chosen, _ = train_test_split(
+            np.arange(len(self)), train_size=limit, random_state=seed, stratify=stratify
+        )
         return self.take(np.sort(chosen), f"subset:{limit}:{seed}")
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(str(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def content_digest(inputs: np.ndarray | list[str], labels: np.ndarray, *tags) -> str:
-    """Fingerprint of the data itself (plus ``tags``), so equal content gives equal digests.
-
-    Hashing the bytes rather than a source's name means a re-packaged or re-downloaded copy
-    of the same data keeps its feature cache, and a changed one cannot reuse it.
-    """
-    h = hashlib.sha256()
-    if isinstance(inputs, np.ndarray):
-        h.update(f"{inputs.dtype.str}{inputs.shape}".encode())
-        h.update(np.ascontiguousarray(inputs).data)
-    else:
-        for text in inputs:
-            h.update(text.encode("utf-8", "surrogatepass"))
-            h.update(b"\0")
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
-    return _digest(h.hexdigest(), *tags)
 
 
 # --------------------------------------------------------------------------- for sources
@@ -170,14 +148,11 @@ def _encode_labels(raw: np.ndarray, what: str) -> tuple[np.ndarray, tuple[str, .
 def _stratified_split(inputs, labels, test_size: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import train_test_split
 
-    n, counts = len(labels), np.bincount(labels)
+    n = len(labels)
     n_test = math.ceil(test_size * n)
     if n < 2:
         raise NMTuneError(f"{n} example(s) cannot be split into train and test")
-    # Stratify where sklearn can: every class twice, and room for each class on both sides.
-    present = np.count_nonzero(counts)
-    feasible = counts[counts > 0].min() >= 2 and min(n_test, n - n_test) >= present
-    stratify = labels if feasible else None
+    stratify = stratify_labels(labels, n_test, n - n_test)
     idx_train, idx_test = train_test_split(
         np.arange(len(labels)), test_size=test_size, random_state=SPLIT_SEED, stratify=stratify
     )

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .._io import sha256_file
+from .._hashing import sha256_file
 from .._validation import NMTuneError
 
 #: Read size per chunk; large enough for speed, small enough for a smooth progress bar.

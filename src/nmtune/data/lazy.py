@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._hashing import sha256_parts
 from .._validation import NMTuneError
-from .base import Dataset, _digest
+from .base import Dataset
 
 __all__ = ["AUTO_LAZY_BYTES", "DEFAULT_IMAGE_SIZE", "LazyImages", "load_lazy_folder",
            "prefers_lazy"]
@@ -233,5 +234,5 @@ def load_lazy_folder(
         labels=labels,
         classes=tuple(classes),
         modality="image",
-        fingerprint=_digest(h.hexdigest(), "lazy-rgb-cover-crop", size, split),
+        fingerprint=sha256_parts(h.hexdigest(), "lazy-rgb-cover-crop", size, split),
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._validation import NMTuneError
+from .._validation import NMTuneError, check_str
 from .base import Dataset
 from .shifts import apply_shift, is_shift, parse_shift
 
@@ -236,8 +236,7 @@ def load_dataset(
 
 def _parse(name: str) -> tuple[str, list[str]]:
     """Split ``name`` into its base and shift specs, checking both."""
-    if not isinstance(name, str) or not name:
-        raise NMTuneError(f"dataset name must be a non-empty string, got {name!r}")
+    check_str(name, "dataset name")
     prefix, sep, _ = name.partition(":")
     if sep and prefix in _FILE_SOURCES:
         # A path may itself contain '~' (a home directory): peel only valid shifts off the end.

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._hashing import sha256_parts
 from .._validation import NMTuneError
-from .base import Dataset, _digest
+from .base import Dataset
 
 if TYPE_CHECKING:
     import torch
@@ -229,6 +230,6 @@ def apply_shift(dataset: Dataset, spec: str, seed: int = 0) -> Dataset:
         labels=dataset.labels,
         classes=dataset.classes,
         modality="image",
-        fingerprint=_digest(dataset.fingerprint, "shift", spec, seed if shift.random else ""),
+        fingerprint=sha256_parts(dataset.fingerprint, "shift", spec, seed if shift.random else ""),
         info={**dataset.info, "shifts": [*dataset.info.get("shifts", []), spec]},
     )

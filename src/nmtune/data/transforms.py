@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import NMTuneError
+from ..augment import warp
 
 
 def rotate_images(x: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -27,8 +28,7 @@ def rotate_images(x: torch.Tensor, degrees: float) -> torch.Tensor:
     # Sampling grid: output pixel (u, v) reads input at R(-theta) (u, v) in pixel units; the
     # h/w factors convert pixel units to grid_sample's [-1, 1] coordinates on each axis.
     matrix = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype)
-    grid = F.affine_grid(matrix.expand(n, 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warp(x, matrix.expand(n, 2, 3))
 
 
 def invert_images(x: torch.Tensor) -> torch.Tensor:

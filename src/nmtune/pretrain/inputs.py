@@ -1,5 +1,6 @@
 """Model input for pre-training: a split preprocessed once into one tensor, or a lazy image
-folder streamed through ``DataLoader`` workers, and the random-resized-crop augmentation.
+folder streamed through ``DataLoader`` workers (the crop-and-flip augmentation is
+:func:`nmtune.augment.crop_and_flip`).
 
 Both inputs give the very same batches for the same rows, so the two paths train alike.
 """
@@ -7,22 +8,16 @@ Both inputs give the very same batches for the same rows, so the two paths train
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 #: Rows per forward pass when preprocessing and evaluating (memory, not results).
 _EVAL_BATCH = 1024
 #: The same for streamed data, where each worker holds two such decoded batches in flight
 #: (256 ImageNet images: 154 MB).
 _STREAM_EVAL_BATCH = 256
-#: Random-resized-crop ranges of the standard ImageNet recipe (Szegedy et al. 2015, as in
-#: torchvision): crop area as a fraction of the image, and crop aspect ratio (width / height).
-_CROP_AREA = (0.08, 1.0)
-_CROP_RATIO = (3 / 4, 4 / 3)
 
 
 def model_input(
@@ -102,37 +97,3 @@ class BatchDecoder(torch.utils.data.Dataset):
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
         return self.preprocess(self.inputs[rows.numpy()])
-
-
-def crop_and_flip(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Random-resized crop and horizontal flip of a preprocessed batch, one draw per row.
-
-    Parameters
-    ----------
-    x : Tensor of shape (B, C, H, W)
-    u : Tensor of shape (B, 5)
-        Uniforms in [0, 1): crop area (in ``_CROP_AREA``), log aspect ratio (in
-        ``log _CROP_RATIO``), the crop centre's x and y, and a flip when ``u[:, 4] < 0.5``.
-
-    Returns
-    -------
-    Tensor of shape (B, C, H, W)
-        Each crop resampled bilinearly to ``H × W`` by one ``grid_sample``. Unlike torchvision,
-        which redraws a box that does not fit (ten tries, then a centre crop), a box wider or
-        taller than the image is clamped to it; and the crop is taken from the preprocessed
-        image, not the original file.
-    """
-    h, w = x.shape[-2:]
-    area = _CROP_AREA[0] + (_CROP_AREA[1] - _CROP_AREA[0]) * u[:, 0]
-    lo, hi = math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])
-    ratio = torch.exp(lo + (hi - lo) * u[:, 1])
-    # The crop's width and height as fractions of the image's: area·h·w pixels, width/height
-    # = ratio. affine_grid maps output to input coordinates in [-1, 1], so they are scales.
-    fw = torch.sqrt(area * ratio * h / w).clamp(max=1)
-    fh = torch.sqrt(area / ratio * w / h).clamp(max=1)
-    cx, cy = (2 * u[:, 2] - 1) * (1 - fw), (2 * u[:, 3] - 1) * (1 - fh)
-    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    zero = torch.zeros_like(fw)
-    theta = torch.stack([torch.stack([fw * flip, zero, cx], 1), torch.stack([zero, fh, cy], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

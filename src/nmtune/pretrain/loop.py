@@ -46,9 +46,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torch import autocast, seed_everything, tune_cpu_allocator
+from ..augment import crop_and_flip
 from .config import PretrainConfig, PretrainResult
 from .distributed import Dist, deterministic, distributed, local_rows, steps_per_epoch
-from .inputs import Preprocessed, Streamed, crop_and_flip, model_input
+from .inputs import Preprocessed, Streamed, model_input
 from .runfiles import (
     load_checkpoint,
     read_noise,

@@ -24,6 +24,7 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from .._splits import stratify_labels
 from .._validation import NMTuneError, as_float_array, as_label_array, check_same_length
 
 # --------------------------------------------------------------------------- input checks
@@ -113,11 +114,7 @@ def stratified_split(
     n_val = math.ceil(val_size * n)
     if n_val >= n:
         raise NMTuneError(f"validation fraction {val_size} leaves no training sample of {n}")
-    counts = np.bincount(y_index)
-    n_classes = np.count_nonzero(counts)
-    stratify = (
-        y_index if counts[counts > 0].min() >= 2 and min(n_val, n - n_val) >= n_classes else None
-    )
+    stratify = stratify_labels(y_index, n_val, n - n_val)
     return train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=stratify)
 
 
