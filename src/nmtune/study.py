@@ -43,7 +43,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import __version__
-from ._hashing import json_digest
+from ._hashing import json_digest, sha256_file
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError, check_int, check_keys, check_str
 from .environment import environment
@@ -756,7 +756,7 @@ class _Runner:
                 lambda X, y: classifier.score(embed_image_features(model, X), y))}
 
         # The image tower's identity does not cover the text tower: the whole model's does.
-        model_digest = hashlib.sha256((run_dir / "model.pt").read_bytes()).hexdigest()
+        model_digest = sha256_file(run_dir / "model.pt")
         key = _key(identity, model_digest, task, ZEROSHOT, templates, grid)
         return _cached(self.out / "cells" / f"zeroshot-{key}.json", compute,
                        _is_tune_cell)["rows"]
