@@ -39,15 +39,6 @@ TINY = {
 TIMING = ["fit_seconds", "seconds"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Identical floating-point results across processes need the same thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("clip-study")
@@ -157,18 +148,18 @@ def test_zeroshot_needs_a_clip_study():
         config_from_dict(raw)
 
 
-def test_cli_rejects_a_bad_clip_config_with_exit_2(tmp_path):
+def test_cli_rejects_a_bad_clip_config_with_exit_2(tmp_path, run_cli):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({**TINY, "noise": {"kind": "pair", "ratios": [0.1]}}))
-    done = subprocess.run([sys.executable, "-m", "nmtune", "study", str(config), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "caption_swap" in done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    code, _, err = run_cli("study", config, "--out", tmp_path / "out")
+    assert code == 2 and "caption_swap" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def _run_cli(config: Path, out: Path) -> subprocess.Popen:
+def _run_cli(config: Path, out: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nmtune", "study", str(config), "--out",
-                             str(out), "--quiet", "--no-report"], stderr=subprocess.PIPE)
+                             str(out), "--quiet", "--no-report"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _table(out: Path) -> pd.DataFrame:
@@ -177,11 +168,11 @@ def _table(out: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_run):
+def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_run, child_env):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
     killed_dir = tmp_path / "killed"
-    proc = _run_cli(config, killed_dir)
+    proc = _run_cli(config, killed_dir, child_env)
     deadline = time.time() + 300
     # Kill once the first model is trained and its cells have begun: mid-study.
     while not list(killed_dir.glob("cells/tune-*.json")) and time.time() < deadline:
@@ -191,7 +182,7 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_run):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "results.csv").exists()
-    resumed = _run_cli(config, killed_dir)
+    resumed = _run_cli(config, killed_dir, child_env)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
     straight, _ = tiny_run  # the same config run uninterrupted, in this process
     pd.testing.assert_frame_equal(_table(killed_dir), _table(straight))
