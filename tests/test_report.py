@@ -551,3 +551,62 @@ def test_protocol_is_named_only_for_methods_run_under_several():
                        {**base, "method": "mlp", "protocol": "val-selected"}])
     assert with_series(df)["series"].tolist() == [
         "lp", "nmtune-val", "mlp (last-epoch)", "mlp (val-selected)"]
+
+
+# --- effects, MDE and resolution in the rendered report -------------------------------------
+
+
+def test_report_states_each_claims_effect_interval_and_mde(full_report):
+    root, paths = full_report
+    md = paths["markdown"].read_text()
+    html = paths["html"].read_text()
+    claims = json.loads(paths["claims"].read_text())
+    results = pd.read_csv(root / "results.csv")
+    expected = check_claims(results, pd.read_csv(root / "spectrum.csv"))
+    for record, claim in zip(claims, expected, strict=True):
+        assert record["verdict_text"] == claim.verdict_text
+        if claim.effect:  # the accuracy claims: effect, interval and MDE in both renderings
+            mde = f"{claim.mde:.2f}"
+            row = next(line for line in md.splitlines() if line.startswith(f"| {claim.claim} |"))
+            assert f"| {claim.effect} | {mde} |" in row
+            assert claim.effect in html and record["mde"] == pytest.approx(claim.mde)
+        else:
+            assert record["mde"] is None  # NaN is no JSON
+    assert 'class="verdict-reproduced"' in html
+
+
+def test_resolution_says_what_two_seeds_cannot_resolve(tmp_path):
+    # Two seeds whose effects differ by 2 points: nothing resolves 1 point.
+    swing = lambda r, s: 0.0 if r == 0 else (0.01 if s % 2 == 0 else -0.01)  # noqa: E731
+    results = make_results(id_effect=swing, ood_effect=swing, method_gain={"nmtune": 0.03})
+    results = results[results["seed"] < 2]
+    paths = build_report(write_study(tmp_path, results))
+    md = paths["markdown"].read_text()
+    text = md.split("### What this study can and cannot resolve", 1)[1].split("\n\n")[1]
+    slight = json.loads(paths["claims"].read_text())[0]
+    assert slight["verdict"] == "underpowered"
+    assert text.startswith("With 2 seeds, the minimum detectable effect")
+    assert f"{slight['mde']:.2f} pts for '{slight['claim']}'" in text
+    assert "It cannot resolve an effect of 1 pts" in text
+    assert f"would need {slight['statistics']['effect.seeds_needed']} seeds" in text
+    assert f"critical value {stats.t.ppf(0.975, 1):.1f}" in text  # 12.7: one degree of freedom
+    assert "nmtune study resolve" in text
+    # NMTune's 3 points are the same on both seeds: resolved at any size.
+    assert "It can resolve an effect of 1 pts on: NMTune beats LP and MLP in-domain" in text
+
+
+def test_cli_effect_size_reaches_the_verdicts_and_bad_values_exit_2(tmp_path, capsys):
+    from nmtune.cli import main
+
+    results = make_results(jitter=0.0)
+    write_study(tmp_path, results)
+    assert main(["report", str(tmp_path), "--effect-size", "2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "NMTune beats LP and MLP in-domain (ID): no effect as large as 2.5 pts" in out
+    md = (tmp_path / "report.md").read_text()
+    assert "within ±2.5 points" in md
+    before = (tmp_path / "report.md").read_bytes()
+    assert main(["report", str(tmp_path), "--effect-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "effect size must be a positive number" in err and "Traceback" not in err
+    assert (tmp_path / "report.md").read_bytes() == before

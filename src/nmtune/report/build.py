@@ -108,8 +108,8 @@ def _resolution(claims: list[Claim], effect_size: float, n_seeds: int) -> str:
     if unresolved:
         plans = [f"'{c.claim}' would need {n} seeds" if (n := _seeds_needed(c)) is not None
                  else f"'{c.claim}' (no spread to plan from)" for c in unresolved]
-        text.append(f"It cannot resolve an effect of {x} pts on the other "
-                    f"{len(unresolved)} accuracy claim(s): an 'underpowered' verdict there means "
+        text.append(f"It cannot resolve an effect of {x} pts on {len(unresolved)} of the "
+                    f"{len(measured)} accuracy claims: an 'underpowered' verdict there means "
                     f"not measured, not absent. At {POWER:.0%} power, " + "; ".join(plans) + ".")
     if n_seeds <= 3:
         critical = sps.t.ppf(1 - ALPHA / 2, max(n_seeds - 1, 1))
@@ -117,8 +117,9 @@ def _resolution(claims: list[Claim], effect_size: float, n_seeds: int) -> str:
                     f"freedom (critical value {critical:.1f}), and the spread behind the MDE and "
                     "the seeds needed is itself estimated from those seeds: read them as a "
                     "rough guide.")
-    text.append("The packaged study `nmtune study resolve` is sized for an MDE of at most 1 "
-                "point on claims (1) and (2) (docs/results.md).")
+    if unresolved:
+        text.append("The packaged study `nmtune study resolve` is sized for an MDE of at most "
+                    "1 point on claims (1) and (2) (docs/results.md).")
     return " ".join(text)
 
 
