@@ -40,7 +40,7 @@ from . import __version__
 from ._hashing import json_digest
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError, check_int, check_keys, check_str
-from .environment import environment
+from .environment import environment, pinned_threads
 from .noise import SOURCED_KINDS, NoiseSpec
 from .pretrain import PretrainConfig
 from .results import chance_level, tidy_table
@@ -158,6 +158,7 @@ class StudyConfig:
     features: FeaturesConfig = FeaturesConfig()
     spectrum_of: tuple[SetSpec, ...] = ()
     device: str = "auto"
+    threads: int = 1
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -404,6 +405,7 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     for s in seeds:
         check_int(s, f"{source}: seeds", 0)
     device = check_str(raw.get("device", "auto"), f"{source}: device")
+    threads = check_int(raw.get("threads", 1), f"{source}: threads", 1)
     backbone = _backbone(raw["backbone"], source)
     pretrain = _pretrain(raw.get("pretrain"), source, backbone, device)
     noise = _noise(raw.get("noise"), source, pretrain)
@@ -425,6 +427,7 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
         spectrum_of=tuple(_set_spec(s, f"{source}: spectrum_of", backbone)
                           for s in spectrum_of),
         device=device,
+        threads=threads,
         raw=copy.deepcopy(raw),
     )
     if pretrain is not None:
@@ -724,7 +727,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         print(f"note: {out} holds an earlier config; cells that still apply are reused")
     write_bytes_atomic(config_path, yaml.safe_dump(config.raw, sort_keys=False).encode())
     started = time.time()
-    tables = runner.run()
+    with pinned_threads(config.threads):  # results must not depend on OMP_NUM_THREADS
+        tables = runner.run()
+        env = environment()  # inside: the thread counts the cells ran with
     for name, df in tables.items():
         if not df.empty:
             write_bytes_atomic(out / f"{name}.csv", df.to_csv(index=False).encode())
@@ -734,6 +739,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                    f"python {platform.python_version()}",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds_this_run": round(time.time() - started, 1),
-        "environment": environment(),
+        "threads": config.threads,
+        "environment": env,
     })
     return tables
