@@ -131,9 +131,10 @@ def run_on_ray(runner, graph: dict, address: str | None = None) -> tuple[dict, d
     refs, groups = {}, []
     for cell, deps in graph.items():
         opts = _options(ray, runner.cfg.resources, cell.stage, groups)
-        refs[cell] = remote.options(name=cell.name, **opts).remote(
-            config_ref, out, cell, *(refs[d] for d in deps))
-    pending = {ref: cell for cell, ref in refs.items()}
+        # Two returns: a cell's output, which the cells that need it take, and its seconds.
+        refs[cell] = remote.options(name=cell.name, num_returns=2, **opts).remote(
+            config_ref, out, cell, *([refs[d][0] for d in deps] or [None]))
+    pending = {ref: cell for cell, (ref, _) in refs.items()}
     outputs, seconds, failures = {}, {}, []
     progress = _Progress(len(graph), runner.cfg.name, runner.progress)
     try:
@@ -142,9 +143,10 @@ def run_on_ray(runner, graph: dict, address: str | None = None) -> tuple[dict, d
             for ref in ready:
                 cell = pending.pop(ref)
                 try:
-                    outputs[cell], seconds[cell] = ray.get(ref)
+                    outputs[cell], seconds[cell] = ray.get([ref, refs[cell][1]])
                 except Exception as exc:  # noqa: BLE001 -- reported below, with its cell
                     failures.append((cell, exc))
+                    ray.cancel(refs[cell][1])  # its seconds: the same error, already reported
             failed = {c for c, _ in failures}
             running = sum(all(d in outputs for d in graph[c]) for c in pending.values())
             progress.show(len(outputs), running, len(failed))

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from . import __version__
 from ._io import write_bytes_atomic, write_json_atomic
