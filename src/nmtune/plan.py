@@ -10,9 +10,10 @@ calibration on this machine; nothing is trained, extracted or written:
   work). Pre-training = ``epochs × (3·train + eval)`` forwards plus a final pass over the
   training set; extraction = ``views × rows`` forwards; a spectrum = ``2·n·d²`` (the Gram
   matrix); tuning FLOPs are those torch counts while fitting the calibration problem, scaled
-  by rows (scipy's L-BFGS of ``lp`` is not counted).
+  by rows and classes (scipy's L-BFGS of ``lp`` is not counted).
 - **CPU time.** Each stage is timed on this CPU at a small size (a few training steps, a few
-  forward batches, a spectrum and a fit of every method on ``CAL_ROWS`` synthetic rows) and
+  forward batches, a spectrum and a fit of every method on ``CAL_ROWS`` synthetic rows of at
+  most ``CAL_CLASSES`` classes) and
   scaled linearly by its rows.
 - **GPU time.** FLOPs ÷ (the named GPU's dense bf16 peak × :data:`GPU_EFFICIENCY`), never
   less than nothing: an assumption, stated in the output, not a measurement.
@@ -41,8 +42,13 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12
 #: Fraction of the peak a convnet step reaches (ResNet-50 at ~2,700 images/s on an A100
 #: with mixed precision is ~21% of its peak: NVIDIA's published training throughput).
 GPU_EFFICIENCY = 0.2
-#: Rows of the synthetic tuning and spectrum problems timed on this CPU.
+#: Rows of the synthetic tuning and spectrum problems timed on this CPU, at most; fewer for a
+#: wide head, so that each calibration fit takes about a second.
 CAL_ROWS = 512
+#: Classes of the synthetic tuning problem, at most.
+CAL_CLASSES = 50
+#: Forward FLOPs of one calibration batch of the backbone.
+CAL_FLOPS = 4e9
 #: Sizes of well-known folder trees, for planning on a machine that does not hold them.
 KNOWN_FOLDER_SIZES = {"imagenet": {"train": 1_281_167, "val": 50_000}}
 
@@ -111,11 +117,11 @@ class _Calibration:
     activation_bytes: float
 
 
-def _calibrate_backbone(module, shape: tuple[int, ...], batch: int = 16) -> _Calibration:
+def _calibrate_backbone(module, shape: tuple[int, ...]) -> _Calibration:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(batch, *shape)
+    x = torch.randn(1, *shape)
     outputs = []
     hooks = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o.numel()))
              for m in module.modules() if not list(m.children())]
@@ -125,6 +131,9 @@ def _calibrate_backbone(module, shape: tuple[int, ...], batch: int = 16) -> _Cal
         h.remove()
     flops = counter.get_total_flops()
     activation = 4.0 * sum(outputs)
+    # A batch of about CAL_FLOPS of work: a second or two whatever the model.
+    batch = int(np.clip(CAL_FLOPS / max(flops, 1), 1, 64))
+    x = torch.randn(batch, *shape)
     timed = []
     for train in (False, True):
         module.train(train)
@@ -146,19 +155,38 @@ def _synthetic(n: int, d: int, k: int, seed: int = 0):
     return (centers[y] + rng.normal(size=(n, d)).astype(np.float32)), y
 
 
-def _calibrate_tune(params: dict, d: int, k: int, device: str) -> tuple[float, float]:
-    """(seconds, torch FLOPs) per training row of fitting a method, from ``CAL_ROWS`` rows."""
+def _fit_cost(tuner, X, y) -> tuple[float, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .study import _make_tuner
-
-    X, y = _synthetic(CAL_ROWS, d, k)
-    tuner = _make_tuner(params, seed=0, device=device)
     with FlopCounterMode(display=False) as counter:
         t0 = time.perf_counter()
         tuner.fit(X, y)
         seconds = time.perf_counter() - t0
-    return seconds / CAL_ROWS, counter.get_total_flops() / CAL_ROWS
+    return seconds, counter.get_total_flops()
+
+
+def _calibrate_tune(params: dict, d: int, k: int, device: str) -> tuple[float, float]:
+    """(seconds, torch FLOPs) per training row of fitting a method, from ``CAL_ROWS`` rows.
+
+    A head's work per row grows with its classes: at most ``CAL_CLASSES`` are fitted and the
+    cost scaled by ``k / CAL_CLASSES`` (an upper bound: a hidden layer does not grow). An
+    epoch-based method is fitted for 1 and 2 epochs: its set-up once, plus its epochs times
+    the difference.
+    """
+    from .study import _make_tuner
+
+    k_cal = min(k, CAL_CLASSES)
+    X, y = _synthetic(CAL_ROWS, d, k_cal)
+    tuner = _make_tuner(params, seed=0, device=device)
+    epochs = tuner.get_params().get("epochs")
+    if epochs is None:
+        seconds, flops = _fit_cost(tuner, X, y)
+    else:
+        one = np.array(_fit_cost(tuner.set_params(epochs=1), X, y))
+        per_epoch = np.maximum(np.array(_fit_cost(tuner.set_params(epochs=2), X, y)) - one, 0)
+        seconds, flops = one + (epochs - 1) * per_epoch
+    scale = k / k_cal / CAL_ROWS
+    return seconds * scale, flops * scale
 
 
 def _calibrate_spectrum(d: int) -> float:
@@ -174,7 +202,7 @@ def _calibrate_spectrum(d: int) -> float:
 def plan_study(config, gpu: str = "H100") -> Plan:
     """The plan of ``config``: its cells and each stage's estimated cost (module docstring)."""
     from .backbones import create_backbone
-    from .study import _spectrum_sets, study_cells
+    from .study import study_cells
 
     if gpu not in GPU_PEAK_FLOPS:
         raise NMTuneError(f"unknown GPU {gpu!r}; known: {', '.join(GPU_PEAK_FLOPS)}")
@@ -224,8 +252,9 @@ def plan_study(config, gpu: str = "H100") -> Plan:
             forwards = p.epochs * (3 * n + n_eval) + n
             seconds = p.epochs * (n * c.train_seconds + n_eval * c.forward_seconds) + (
                 n * c.forward_seconds)
+            per_gpu_batch = p.batch_size / max(1, config.resources.pretrain.gpus)
             add("pretrain", n, forwards * c.forward_flops, seconds,
-                4 * c.param_bytes + 2 * p.batch_size * c.activation_bytes)
+                4 * c.param_bytes + 2 * per_gpu_batch * c.activation_bytes)
         elif cell.stage == "extract":
             s = cell.spec
             n = _rows(s.dataset, s.split, s.limit)
