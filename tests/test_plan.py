@@ -116,3 +116,30 @@ def test_resources_reach_the_config():
     assert (config.resources.pretrain.gpus, config.resources.pretrain.cpus) == (4, 8)
     assert config.resources.tune.gpus == 0.5 and config.resources.extract.cpus == 1
     assert len(study_cells(config)) == 16
+
+
+@pytest.mark.parametrize(("ratio", "seed"), [(0.0, 1), (0.3, 0)])
+def test_ddp_pretraining_launches_the_grid_points_settings(ratio, seed, tmp_path, monkeypatch):
+    """With gpus > 1 the pretrain cell runs torchrun of `nmtune pretrain --config STUDY`;
+    that command builds exactly the settings the study trains at the grid point, into the
+    folder the study reads back."""
+    import yaml
+
+    from nmtune.cli import build_parser
+    from nmtune.cli.pretrain import config_from_args
+    from nmtune.study import _torchrun_pretrain, pretrain_config, run_name
+
+    raw = {**TINY, "resources": {"pretrain": {"gpus": 2}}}
+    config = config_from_dict(raw)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    seen = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: seen.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0, "", ""))
+    run_dir = tmp_path / "pretrain" / run_name(config, ratio, seed)
+    _torchrun_pretrain(config, tmp_path, ratio, seed, run_dir)
+    cmd = seen[0]
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m"]
+    args = build_parser().parse_args(["pretrain", *cmd[7:]])
+    assert args.out == run_dir
+    assert config_from_args(args).to_dict() == pretrain_config(config, ratio, seed).to_dict()

@@ -1,7 +1,8 @@
 """Executors of a study's cells: one after another in this process, or as Ray tasks.
 
-Both call the one implementation of a cell, :meth:`nmtune.study._Runner.run_cell`, in the
-dependency order of :func:`nmtune.study.study_cells`, and both leave the work in the same
+Both call the one implementation of a cell, the study runner's ``run_cell``
+(:mod:`nmtune.study`, which hands its runner and cell graph in: nothing here imports it), in
+the dependency order of :func:`nmtune.study.study_cells`, and both leave the work in the same
 content-addressed caches under the study folder (cell JSON files, the feature cache,
 pre-training checkpoints). A cell is idempotent: run twice, by a retried Ray task or by a
 resubmitted study, it reads back what the first run wrote, so nothing is computed twice and
@@ -75,16 +76,15 @@ def _ray():
 _WORKER_RUNNER: dict[str, Any] = {}
 
 
-def _ray_cell(config, out: str, cell, point: dict | None, *_after) -> tuple[Any, float]:
-    """A Ray task: run ``cell`` of ``config`` into ``out`` (``_after``: the outputs of the
-    cells it waits for, already in the caches)."""
+def _ray_cell(runner_cls, config, out: str, cell, point: dict | None,
+              *_after) -> tuple[Any, float]:
+    """A Ray task: run ``cell`` of ``config`` into ``out`` with a ``runner_cls`` of this worker
+    (``_after``: the outputs of the cells it waits for, already in the caches)."""
     import torch
-
-    from .study import _Runner
 
     key = json.dumps([out, config.raw], sort_keys=True, default=str)
     if _WORKER_RUNNER.get("key") != key:
-        _WORKER_RUNNER.update(key=key, runner=_Runner(config, Path(out), progress=False))
+        _WORKER_RUNNER.update(key=key, runner=runner_cls(config, Path(out), progress=False))
     # As many threads as the cell was given CPUs: one cell never oversubscribes its node.
     torch.set_num_threads(max(1, int(getattr(config.resources, cell.stage).cpus)))
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def run_on_ray(runner, graph: dict, address: str | None = None) -> tuple[dict, d
         opts = _options(ray, runner.cfg.resources, cell.stage, groups)
         # Two returns: a cell's output, which the cells that need it take, and its seconds.
         refs[cell] = remote.options(name=cell.name, num_returns=2, **opts).remote(
-            config_ref, out, cell, *([refs[d][0] for d in deps] or [None]))
+            type(runner), config_ref, out, cell, *([refs[d][0] for d in deps] or [None]))
     pending = {ref: cell for cell, (ref, _) in refs.items()}
     outputs, seconds, failures = {}, {}, []
     progress = _Progress(len(graph), runner.cfg.name, runner.progress)
