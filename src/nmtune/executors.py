@@ -76,10 +76,11 @@ def _ray():
 _WORKER_RUNNER: dict[str, Any] = {}
 
 
-def _ray_cell(runner_cls, config, out: str, cell, point: dict | None,
+def _ray_cell(runner_cls, config, out: str, cell, point: tuple | None,
               *_after) -> tuple[Any, float]:
-    """A Ray task: run ``cell`` of ``config`` into ``out`` with a ``runner_cls`` of this worker
-    (``_after``: the outputs of the cells it waits for, already in the caches)."""
+    """A Ray task: run ``cell`` of ``config`` into ``out`` with a ``runner_cls`` of this worker;
+    return its output and seconds. ``point`` is its pretrain cell's return; ``_after``: those
+    of the other cells it waits for, whose work is in the caches."""
     import torch
 
     key = json.dumps([out, config.raw], sort_keys=True, default=str)
@@ -88,7 +89,7 @@ def _ray_cell(runner_cls, config, out: str, cell, point: dict | None,
     # As many threads as the cell was given CPUs: one cell never oversubscribes its node.
     torch.set_num_threads(max(1, int(getattr(config.resources, cell.stage).cpus)))
     t0 = time.perf_counter()
-    value = _WORKER_RUNNER["runner"].run_cell(cell, point)
+    value = _WORKER_RUNNER["runner"].run_cell(cell, None if point is None else point[0])
     return value, time.perf_counter() - t0
 
 
@@ -131,10 +132,9 @@ def run_on_ray(runner, graph: dict, address: str | None = None) -> tuple[dict, d
     refs, groups = {}, []
     for cell, deps in graph.items():
         opts = _options(ray, runner.cfg.resources, cell.stage, groups)
-        # Two returns: a cell's output, which the cells that need it take, and its seconds.
-        refs[cell] = remote.options(name=cell.name, num_returns=2, **opts).remote(
-            type(runner), config_ref, out, cell, *([refs[d][0] for d in deps] or [None]))
-    pending = {ref: cell for cell, (ref, _) in refs.items()}
+        refs[cell] = remote.options(name=cell.name, **opts).remote(
+            type(runner), config_ref, out, cell, *([refs[d] for d in deps] or [None]))
+    pending = {ref: cell for cell, ref in refs.items()}
     outputs, seconds, failures = {}, {}, []
     progress = _Progress(len(graph), runner.cfg.name, runner.progress)
     try:
@@ -143,10 +143,9 @@ def run_on_ray(runner, graph: dict, address: str | None = None) -> tuple[dict, d
             for ref in ready:
                 cell = pending.pop(ref)
                 try:
-                    outputs[cell], seconds[cell] = ray.get([ref, refs[cell][1]])
+                    outputs[cell], seconds[cell] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 -- reported below, with its cell
                     failures.append((cell, exc))
-                    ray.cancel(refs[cell][1])  # its seconds: the same error, already reported
             failed = {c for c, _ in failures}
             running = sum(all(d in outputs for d in graph[c]) for c in pending.values())
             progress.show(len(outputs), running, len(failed))
