@@ -689,10 +689,11 @@ class _Runner:
         if self.cfg.pretrain is None:
             return {"grid": grid, "weights": None, "metrics": None,
                     "identity": self.backbone(None).identity()}
-        from .pretrain import pretrain
+        from .pretrain import PretrainResult, pretrain
 
         run_dir = self.out / "pretrain" / run_name(self.cfg, ratio, seed)
-        if self.cfg.resources.pretrain.gpus > 1:
+        finished = PretrainResult(run_dir, {}).metrics_path.is_file()
+        if self.cfg.resources.pretrain.gpus > 1 and not finished:
             _torchrun_pretrain(self.cfg, self.out, ratio, seed, run_dir)
         result = pretrain(pretrain_config(self.cfg, ratio, seed), run_dir, resume=True,
                           progress=self.progress)
