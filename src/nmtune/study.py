@@ -591,10 +591,13 @@ class Cell:
 
     @property
     def name(self) -> str:
-        what = {"pretrain": "", "extract": f" {self.spec.label if self.spec else ''}"
-                f"{f' x{self.views}' if self.views > 1 else ''}",
-                "spectrum": f" {self.spec.label if self.spec else ''}",
-                "tune": f" {self.task.name if self.task else ''} {self.method}"}[self.stage]
+        """``noise RATIO seed SEED: STAGE WHAT``, e.g. ``noise 0.3 seed 0: tune mnist lp``."""
+        if self.stage == "tune":
+            what = f" {self.task.name} {self.method}"
+        elif self.spec is not None:
+            what = f" {self.spec.label}" + (f" x{self.views}" if self.views > 1 else "")
+        else:
+            what = ""
         return f"noise {self.ratio:g} seed {self.seed}: {self.stage}{what}"
 
 
