@@ -16,7 +16,7 @@ from nmtune.data import dataset_card
 from nmtune.study import config_from_dict, load_config, study_cells
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_study import TINY  # noqa: E402
+from conftest import TINY_STUDY as TINY  # noqa: E402
 
 
 def _hand_flops(module: nn.Module, shape) -> float:

@@ -15,7 +15,8 @@ from nmtune._validation import NMTuneError
 from nmtune.study import config_from_dict, run_study
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_study import TIMING, TINY  # noqa: E402
+from conftest import TINY_STUDY as TINY  # noqa: E402
+from test_study import TIMING  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
