@@ -334,7 +334,7 @@ def test_documented_torchrun_command_makes_the_studys_runs(
 
     monkeypatch.setattr(pretrain_mod, "pretrain", capture)
     with pytest.raises(_Stop):
-        _Runner(study, tmp_path, progress=False).pretrained(ratio, seed)
+        _Runner(study, tmp_path, progress=False).pretrain_cell(ratio, seed)
     args = build_parser().parse_args([
         "pretrain", "--config", str(PACKAGED_CONFIGS / "paper-imagenet.yaml"),
         "--noise", noise, "--seed", str(seed), "--out", str(tmp_path / "x"),

@@ -6,12 +6,14 @@ here; verdicts against effects built far outside (or exactly inside) the seed sp
 
 import argparse
 import json
+import math
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.power import TTestPower
 
 from nmtune._validation import NMTuneError
 from nmtune.cli import COMMANDS
@@ -118,9 +120,16 @@ def reference_noise_diffs(results, kind, ratios):
     return 100 * (noisy - clean)
 
 
-def mean_se(diffs):
-    diffs = np.asarray(diffs)
-    return diffs.mean(), diffs.std(ddof=1) / np.sqrt(len(diffs))
+def per_seed_effect(diffs):
+    """Per-seed effect: differences averaged over methods per (task, seed), then over tasks."""
+    return diffs.groupby(["task", "seed"]).mean().groupby("seed").mean()
+
+
+def t_interval(x):
+    """95% t-interval of the mean, written out with scipy's t quantile."""
+    x = np.asarray(x)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean() - half, x.mean() + half
 
 
 # --- claim 1: slight noise helps ID ---------------------------------------------------------
@@ -130,32 +139,47 @@ def test_slight_noise_helping_id_is_reproduced_with_matching_numbers():
     bump = lambda r, s: 0.04 if r in (0.05, 0.1) else -0.02 * r  # noqa: E731
     results = make_results(id_effect=bump)
     claim = claims_by_topic(results)["slight_id"]
-    assert claim.verdict == "reproduced"
+    assert claim.verdict == claim.verdict_text == "reproduced"
     diffs = reference_noise_diffs(results, "id", (0.05, 0.1))
-    mean, se = mean_se(diffs)
-    assert claim.statistics["n"] == len(diffs) == len(SEEDS) * len(ID_TASKS) * len(METHODS)
-    assert claim.statistics["mean_diff_pts"] == pytest.approx(mean)
-    assert claim.statistics["se_pts"] == pytest.approx(se)
-    assert claim.statistics["up"] == int((diffs > 0).sum())
-    assert f"{mean:+.2f} ± {se:.2f}" in claim.evidence
+    per_seed = per_seed_effect(diffs)
+    low, high = t_interval(per_seed)
+    assert claim.statistics["effect.n_pairs"] == len(diffs) == (
+        len(SEEDS) * len(ID_TASKS) * len(METHODS))
+    assert claim.statistics["effect.n_seeds"] == len(SEEDS)
+    assert claim.statistics["effect.mean"] == pytest.approx(diffs.mean())
+    assert claim.statistics["effect.low"] == pytest.approx(low)
+    assert claim.statistics["effect.high"] == pytest.approx(high)
+    assert claim.effect == f"{diffs.mean():+.2f} pts [{low:+.2f}, {high:+.2f}]"
+    assert f"[{low:+.2f}, {high:+.2f}]" in claim.evidence
     lp = diffs.xs("lp", level="method")
     assert claim.statistics["lp.mean_diff_pts"] == pytest.approx(lp.mean())
-    assert f"p={stats.binomtest(int((diffs > 0).sum()), len(diffs)).pvalue:.3g}" in claim.evidence
+    assert f"lp {lp.mean():+.2f} pts" in claim.evidence
 
 
-def test_flat_id_accuracy_is_inconclusive():
+def test_flat_id_accuracy_is_underpowered_with_the_seeds_needed():
     # Even seeds gain one point, odd seeds lose one: the mean (≈0) sits inside the spread.
     swing = lambda r, s: 0.0 if r == 0 else (0.01 if s % 2 == 0 else -0.01)  # noqa: E731
     results = make_results(id_effect=swing, jitter=0.0)
     results = results[results["seed"] < 2]
-    assert claims_by_topic(results)["slight_id"].verdict == "inconclusive"
+    claim = claims_by_topic(results)["slight_id"]
+    assert claim.verdict == "underpowered"
+    # Per-seed effects +1 and -1 points: SD sqrt(2); seeds for 1 point at 80% power from the
+    # noncentral t, as statsmodels plans a one-sample t-test.
+    needed = math.ceil(TTestPower().solve_power(effect_size=1 / math.sqrt(2), alpha=0.05,
+                                                power=0.8))
+    assert claim.statistics["effect.seeds_needed"] == needed
+    assert claim.verdict_text == f"underpowered: {needed} seeds would detect 1 pts with 80% power"
+    wider = check_claims(results, effect_size=2.0)[0]
+    assert wider.statistics["effect.seeds_needed"] < needed
+    assert "detect 2 pts" in wider.verdict_text
 
 
-def test_slight_noise_clearly_hurting_id_is_not_reproduced():
+def test_slight_noise_clearly_hurting_id_is_contradicted():
     results = make_results(id_effect=lambda r, s: -0.05 * (r > 0))
     claim = claims_by_topic(results)["slight_id"]
-    assert claim.verdict == "not reproduced"
-    assert claim.statistics["mean_diff_pts"] == pytest.approx(-5, abs=0.2)
+    assert claim.verdict == "contradicted"
+    assert claim.statistics["effect.mean"] == pytest.approx(-5, abs=0.2)
+    assert claim.statistics["effect.high"] < 0
 
 
 def test_clean_baseline_filed_under_another_noise_type_still_pairs():
@@ -163,36 +187,55 @@ def test_clean_baseline_filed_under_another_noise_type_still_pairs():
     results.loc[results["noise_ratio"] == 0, "noise_type"] = "none"
     claim = claims_by_topic(results)["slight_id"]
     assert claim.verdict == "reproduced"
-    mean, _ = mean_se(reference_noise_diffs(results, "id", (0.05, 0.1)))
-    assert claim.statistics["mean_diff_pts"] == pytest.approx(mean)
+    diffs = reference_noise_diffs(results, "id", (0.05, 0.1))
+    assert claim.statistics["effect.mean"] == pytest.approx(diffs.mean())
+
+
+def test_no_effect_inside_the_stated_margin_only():
+    # Every seed moves by +0.3 points (jitter 0.01 points): within ±1 point, not within ±0.2.
+    results = make_results(id_effect=lambda r, s: 0.003 * (r > 0), jitter=0.0001)
+    claim = check_claims(results, effect_size=1.0)[0]
+    assert claim.verdict == "reproduced"  # a tiny but certain effect: the interval excludes 0
+    flat = make_results(id_effect=lambda r, s: 0.003 * (r > 0) * (1 if s % 2 else -1),
+                        jitter=0.0001)
+    assert check_claims(flat, effect_size=1.0)[0].verdict_text == "no effect as large as 1 pts"
+    assert check_claims(flat, effect_size=0.2)[0].verdict == "underpowered"
+
+
+def test_effect_size_must_be_positive():
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(NMTuneError, match="effect size must be a positive number"):
+            check_claims(make_results(), effect_size=bad)
 
 
 # --- claim 2: noise hurts OOD ---------------------------------------------------------------
 
 
-def test_noise_hurting_ood_is_reproduced_with_matching_spearman():
+def test_noise_hurting_ood_is_reproduced_with_spearman_beside_it():
     results = make_results(ood_effect=lambda r, s: -0.5 * r)
     claim = claims_by_topic(results)["ood"]
     assert claim.verdict == "reproduced"
     diffs = reference_noise_diffs(results, "ood", (0.3,))
-    mean, se = mean_se(diffs)
-    assert claim.statistics["mean_diff_pts"] == pytest.approx(mean)
-    assert claim.statistics["se_pts"] == pytest.approx(se)
+    low, high = t_interval(per_seed_effect(diffs))
+    assert claim.statistics["effect.mean"] == pytest.approx(diffs.mean())
+    assert (claim.statistics["effect.low"], claim.statistics["effect.high"]) == (
+        pytest.approx(low), pytest.approx(high))
+    assert claim.statistics["effect.sign"] == -1
     ood = results[results["kind"] == "ood"]
     centred = ood["accuracy"] - ood.groupby(["task", "method"])["accuracy"].transform("mean")
     rho, p = stats.spearmanr(ood["noise_ratio"], centred)
     assert claim.statistics["spearman_rho"] == pytest.approx(rho)
     assert claim.statistics["spearman_p"] == pytest.approx(p)
     assert rho < -0.9
-    assert f"ρ={rho:+.3f}" in claim.evidence
+    assert f"ρ={rho:+.3f}" in claim.evidence and "symmetric 30%" in claim.evidence
 
 
-def test_noise_helping_ood_is_not_reproduced_and_flat_is_inconclusive():
+def test_noise_helping_ood_is_contradicted_and_a_swing_underpowered():
     helped = make_results(ood_effect=lambda r, s: 0.5 * r)
-    assert claims_by_topic(helped)["ood"].verdict == "not reproduced"
+    assert claims_by_topic(helped)["ood"].verdict == "contradicted"
     swing = lambda r, s: 0.0 if r == 0 else (0.02 if s % 2 == 0 else -0.02)  # noqa: E731
     flat = make_results(ood_effect=swing, jitter=0.0)
-    assert claims_by_topic(flat[flat["seed"] < 2])["ood"].verdict == "inconclusive"
+    assert claims_by_topic(flat[flat["seed"] < 2])["ood"].verdict == "underpowered"
 
 
 # --- claim 3: spectrum ----------------------------------------------------------------------
@@ -210,8 +253,9 @@ def test_spectrum_moving_as_claimed_is_reproduced_with_rho_one():
 def test_spectrum_moving_the_other_way_or_not_at_all():
     spectrum = make_spectrum(sve=lambda r, s: 3.0 - r, lsvr=lambda r, s: 0.2)
     claims = claims_by_topic(make_results(), spectrum)
-    assert claims["sve"].verdict == "not reproduced"
-    assert claims["lsvr"].verdict == "inconclusive"  # constant: no correlation defined
+    assert claims["sve"].verdict == "contradicted"
+    assert claims["lsvr"].verdict == "underpowered"  # constant: no correlation defined
+    assert claims["sve"].mde != claims["sve"].mde and claims["sve"].effect == ""  # no points
 
 
 def test_spectrum_claims_match_scipy_on_noisy_values():
@@ -221,7 +265,7 @@ def test_spectrum_claims_match_scipy_on_noisy_values():
     rho, p = stats.spearmanr(spectrum["noise_ratio"], spectrum["sve"])
     assert claim.statistics["spearman_rho"] == pytest.approx(rho)
     assert claim.statistics["spearman_p"] == pytest.approx(p)
-    assert claim.verdict == ("reproduced" if p < 0.05 and rho > 0 else "inconclusive")
+    assert claim.verdict == ("reproduced" if p < 0.05 and rho > 0 else "underpowered")
 
 
 def test_spectrum_claims_not_testable_without_spectrum():
@@ -239,22 +283,34 @@ def test_nmtune_winning_is_reproduced_with_paired_numbers():
     ids = results[results["kind"] == "id"]
     table = ids.pivot_table(index=["noise_ratio", "seed", "task"], columns="method",
                             values="accuracy")
+    mdes = []
     for baseline in ("lp", "mlp"):
-        mean, se = mean_se(100 * (table["nmtune"] - table[baseline]))
+        diffs = 100 * (table["nmtune"] - table[baseline])
+        per_seed = diffs.groupby(["task", "seed"]).mean().groupby("seed").mean()
+        low, high = t_interval(per_seed)
         stats_ = claims["nmtune_id"].statistics
-        assert stats_[f"vs_{baseline}.mean_diff_pts"] == pytest.approx(mean)
-        assert stats_[f"vs_{baseline}.se_pts"] == pytest.approx(se)
-        assert stats_[f"vs_{baseline}.n"] == len(table)
+        assert stats_[f"vs_{baseline}.mean"] == pytest.approx(diffs.mean())
+        assert stats_[f"vs_{baseline}.low"] == pytest.approx(low)
+        assert stats_[f"vs_{baseline}.high"] == pytest.approx(high)
+        assert stats_[f"vs_{baseline}.n_pairs"] == len(table)
+        assert f"vs {baseline.upper()} {diffs.mean():+.2f} pts" in claims["nmtune_id"].effect
+        # MDE: the effect size a one-sample t-test detects with 80% power (statsmodels).
+        d = TTestPower().solve_power(nobs=len(SEEDS), alpha=0.05, power=0.8)
+        mdes.append(d * per_seed.std(ddof=1))
+        assert stats_[f"vs_{baseline}.mde"] == pytest.approx(mdes[-1], rel=1e-4)
+    assert claims["nmtune_id"].mde == pytest.approx(max(mdes), rel=1e-4)
 
 
-def test_nmtune_losing_to_one_baseline_is_not_reproduced():
+def test_nmtune_losing_to_one_baseline_is_contradicted():
     results = make_results(method_gain={"nmtune": 0.03, "lp": 0.06})
-    assert claims_by_topic(results)["nmtune_id"].verdict == "not reproduced"
+    assert claims_by_topic(results)["nmtune_id"].verdict == "contradicted"
 
 
-def test_nmtune_tied_with_baselines_is_inconclusive():
+def test_nmtune_tied_with_baselines_is_no_effect():
     results = make_results(jitter=0.0)
-    assert claims_by_topic(results)["nmtune_id"].verdict == "inconclusive"
+    claim = claims_by_topic(results)["nmtune_id"]
+    assert claim.verdict == "no effect"
+    assert claim.verdict_text == "no effect as large as 1 pts"
 
 
 def test_missing_method_is_not_testable_and_missing_baseline_is_said():
@@ -358,7 +414,7 @@ def test_html_is_self_contained(full_report):
 def test_markdown_has_tables_verdicts_and_linked_figures(full_report):
     root, paths = full_report
     md = paths["markdown"].read_text()
-    assert "| claim | verdict | evidence |" in md
+    assert "| claim | verdict | effect, 95% interval | MDE (pts) | evidence |" in md
     for verdict in ("reproduced",):
         assert f"| {verdict} |" in md
     for link in re.findall(r"\]\((figures/[^)]+\.png)\)", md):
@@ -366,6 +422,7 @@ def test_markdown_has_tables_verdicts_and_linked_figures(full_report):
     assert "requested noise" in md and "realised noise %" in md  # pre-training table
     assert "SVE" in md and "loss_cov" in md and "mean seconds per fit" in md
     assert "How the verdicts are decided" in md
+    assert "What this study can and cannot resolve" in md
     assert "total seconds: 123 s (2 min 3 s)" in md
     claims = json.loads(paths["claims"].read_text())
     assert [c["verdict"] for c in claims] == ["reproduced"] * 6
@@ -430,7 +487,7 @@ def test_cli_prints_paths_and_verdicts(tmp_path, capsys):
     assert run_cli(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "r" / "report.html") in out
-    assert re.search(r"reproduced +NMTune beats LP and MLP in-domain \(ID\)", out)
+    assert "NMTune beats LP and MLP in-domain (ID): reproduced" in out
     with pytest.raises(NMTuneError, match="not found"):
         run_cli(["report", str(tmp_path / "missing")])
 
@@ -494,3 +551,62 @@ def test_protocol_is_named_only_for_methods_run_under_several():
                        {**base, "method": "mlp", "protocol": "val-selected"}])
     assert with_series(df)["series"].tolist() == [
         "lp", "nmtune-val", "mlp (last-epoch)", "mlp (val-selected)"]
+
+
+# --- effects, MDE and resolution in the rendered report -------------------------------------
+
+
+def test_report_states_each_claims_effect_interval_and_mde(full_report):
+    root, paths = full_report
+    md = paths["markdown"].read_text()
+    html = paths["html"].read_text()
+    claims = json.loads(paths["claims"].read_text())
+    results = pd.read_csv(root / "results.csv")
+    expected = check_claims(results, pd.read_csv(root / "spectrum.csv"))
+    for record, claim in zip(claims, expected, strict=True):
+        assert record["verdict_text"] == claim.verdict_text
+        if claim.effect:  # the accuracy claims: effect, interval and MDE in both renderings
+            mde = f"{claim.mde:.2f}"
+            row = next(line for line in md.splitlines() if line.startswith(f"| {claim.claim} |"))
+            assert f"| {claim.effect} | {mde} |" in row
+            assert claim.effect in html and record["mde"] == pytest.approx(claim.mde)
+        else:
+            assert record["mde"] is None  # NaN is no JSON
+    assert 'class="verdict-reproduced"' in html
+
+
+def test_resolution_says_what_two_seeds_cannot_resolve(tmp_path):
+    # Two seeds whose effects differ by 2 points: nothing resolves 1 point.
+    swing = lambda r, s: 0.0 if r == 0 else (0.01 if s % 2 == 0 else -0.01)  # noqa: E731
+    results = make_results(id_effect=swing, ood_effect=swing, method_gain={"nmtune": 0.03})
+    results = results[results["seed"] < 2]
+    paths = build_report(write_study(tmp_path, results))
+    md = paths["markdown"].read_text()
+    text = md.split("### What this study can and cannot resolve", 1)[1].split("\n\n")[1]
+    slight = json.loads(paths["claims"].read_text())[0]
+    assert slight["verdict"] == "underpowered"
+    assert text.startswith("With 2 seeds, the minimum detectable effect")
+    assert f"{slight['mde']:.2f} pts for '{slight['claim']}'" in text
+    assert "It cannot resolve an effect of 1 pts" in text
+    assert f"would need {slight['statistics']['effect.seeds_needed']} seeds" in text
+    assert f"critical value {stats.t.ppf(0.975, 1):.1f}" in text  # 12.7: one degree of freedom
+    assert "nmtune study resolve" in text
+    # NMTune's 3 points are the same on both seeds: resolved at any size.
+    assert "It can resolve an effect of 1 pts on: NMTune beats LP and MLP in-domain" in text
+
+
+def test_cli_effect_size_reaches_the_verdicts_and_bad_values_exit_2(tmp_path, capsys):
+    from nmtune.cli import main
+
+    results = make_results(jitter=0.0)
+    write_study(tmp_path, results)
+    assert main(["report", str(tmp_path), "--effect-size", "2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "NMTune beats LP and MLP in-domain (ID): no effect as large as 2.5 pts" in out
+    md = (tmp_path / "report.md").read_text()
+    assert "within ±2.5 points" in md
+    before = (tmp_path / "report.md").read_bytes()
+    assert main(["report", str(tmp_path), "--effect-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "effect size must be a positive number" in err and "Traceback" not in err
+    assert (tmp_path / "report.md").read_bytes() == before

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 
-__all__ = ["environment"]
+__all__ = ["environment", "pinned_threads"]
 
 #: Distributions whose versions change numbers.
 LIBRARIES = ("nmtune", "numpy", "scipy", "scikit-learn", "pandas", "torch", "statsmodels")
@@ -49,6 +51,26 @@ def environment() -> dict:
         "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "torch": torch,
     }
+
+
+@contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` compute threads in torch and every BLAS/OpenMP pool.
+
+    The number of threads sets the order of floating-point reductions, so it is part of what
+    a result depends on: pinning it (rather than inheriting ``OMP_NUM_THREADS``) makes a run
+    bit-identical on another machine of the same kind. Restores the previous counts on exit.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    try:
+        with threadpool_limits(limits=threads):
+            torch.set_num_threads(threads)  # after threadpoolctl: torch's own intra-op pool
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cpu_model() -> str:

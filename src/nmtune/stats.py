@@ -321,10 +321,11 @@ CLAIMS = {
 def claim_differences(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Paired differences (points, column ``diff``) behind each claim of :data:`CLAIMS`.
 
-    Rows are paired as the report pairs them: noise claims compare rows sharing seed, task,
-    train/test sets, method and protocol, with the treated ratios of one noise type averaged
-    per pair first; method claims compare methods on the same noise setting and cell. A claim
-    the results cannot test (no 0% rows, no OOD rows, a missing method) is left out.
+    The one copy of the pairing (the report's claims use it): noise claims compare rows
+    sharing seed, task, train/test sets, method and protocol, with the treated ratios of one
+    noise type averaged per pair first; method claims compare methods on the same noise
+    setting and cell. A claim the results cannot test (no 0% rows, no OOD rows, a missing
+    method) is left out.
 
     Parameters
     ----------

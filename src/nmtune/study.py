@@ -40,13 +40,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from . import __version__
 from ._hashing import json_digest, sha256_file
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError, check_int, check_keys, check_str
-from .environment import environment
+from .environment import environment, pinned_threads
 from .noise import SOURCED_KINDS, NoiseSpec
 from .pretrain import ClipConfig, PretrainConfig
 from .results import chance_level, tidy_table
@@ -163,6 +162,27 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class StageResources:
+    """What one cell of a stage asks the Ray scheduler for: ``cpus`` CPUs and ``gpus`` GPUs
+    (a fraction shares a GPU). Pre-training with ``gpus`` > 1 is one DDP job over that many
+    GPUs of one node."""
+
+    cpus: float = 1
+    gpus: float = 0
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per-stage resource requests of a study's cells (``resources:`` in the config); used by
+    ``--executor ray``, and for multi-GPU pre-training by either executor."""
+
+    pretrain: StageResources = StageResources()
+    extract: StageResources = StageResources()
+    spectrum: StageResources = StageResources()
+    tune: StageResources = StageResources()
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study, every part checked; see ``configs/default.yaml`` for a commented example.
 
@@ -183,6 +203,8 @@ class StudyConfig:
     features: FeaturesConfig = FeaturesConfig()
     spectrum_of: tuple[SetSpec, ...] = ()
     device: str = "auto"
+    threads: int = 1
+    resources: ResourcesConfig = ResourcesConfig()
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -470,6 +492,25 @@ def _zeroshot(obj: Any, source: str, pretrain, methods: dict) -> ZeroShotConfig 
     return ZeroShotConfig(tuple(templates))
 
 
+def _resources(obj: Any, source: str) -> ResourcesConfig:
+    where = f"{source}: resources"
+    stages = {}
+    for stage, req in _mapping(obj or {}, where, [f.name for f in dataclasses.fields(
+            ResourcesConfig)]).items():
+        req = _mapping(req or {}, f"{where}.{stage}", ("cpus", "gpus"))
+        for key, low in (("cpus", 0), ("gpus", -1)):
+            value = req.get(key, 0 if key == "gpus" else 1)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= low:
+                raise NMTuneError(f"{where}.{stage}.{key} must be a number "
+                                  f"{'> 0' if key == 'cpus' else '>= 0'}, got {value!r}")
+        gpus = req.get("gpus", 0)
+        if gpus > 1 and (stage != "pretrain" or gpus != int(gpus)):
+            raise NMTuneError(f"{where}.{stage}.gpus is {gpus!r}: only pretrain may use more "
+                              "than one GPU (a whole number: one DDP job)")
+        stages[stage] = StageResources(**req)
+    return ResourcesConfig(**stages)
+
+
 def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     """Validate a parsed YAML mapping whole and build a :class:`StudyConfig`.
 
@@ -498,6 +539,7 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     for s in seeds:
         check_int(s, f"{source}: seeds", 0)
     device = check_str(raw.get("device", "auto"), f"{source}: device")
+    threads = check_int(raw.get("threads", 1), f"{source}: threads", 1)
     backbone = _backbone(raw["backbone"], source)
     pretrain = _pretrain(raw.get("pretrain"), source, backbone, device)
     noise = _noise(raw.get("noise"), source, pretrain)
@@ -521,6 +563,8 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
         spectrum_of=tuple(_set_spec(s, f"{source}: spectrum_of", backbone)
                           for s in spectrum_of),
         device=device,
+        threads=threads,
+        resources=_resources(raw.get("resources"), source),
         raw=copy.deepcopy(raw),
     )
     if pretrain is not None:
@@ -619,12 +663,79 @@ def _make_tuner(params: dict, seed: int, device: str):
     return GridSearchCV(estimator, grid, cv=split, refit=True)
 
 
-class _Runner:
-    """Runs one study into ``out_dir``.
+@dataclass(frozen=True)
+class Cell:
+    """One unit of a study's work, the same whichever executor runs it.
 
-    Holds the loaded datasets so each is read once, a real (not pre-trained here) backbone so
-    it is loaded once, and the current grid point's features so each cached array is read and
-    verified once, however many methods use it.
+    ``stage`` is ``pretrain`` (the backbone of grid point ``(ratio, seed)``), ``extract`` (the
+    features of ``spec`` with ``views`` views, into the feature cache), ``spectrum`` (of
+    ``spec``) or ``tune`` (``method`` fitted on ``task``, one row per ID/OOD test set).
+    """
+
+    stage: str
+    ratio: float
+    seed: int
+    spec: SetSpec | None = None
+    views: int = 1
+    task: TaskSpec | None = None
+    method: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``noise RATIO seed SEED: STAGE WHAT``, e.g. ``noise 0.3 seed 0: tune mnist lp``."""
+        if self.stage == "tune":
+            what = f" {self.task.name} {self.method}"
+        elif self.spec is not None:
+            what = f" {self.spec.label}" + (f" x{self.views}" if self.views > 1 else "")
+        else:
+            what = ""
+        return f"noise {self.ratio:g} seed {self.seed}: {self.stage}{what}"
+
+
+def _spectrum_sets(config: StudyConfig) -> list[SetSpec]:
+    return list(config.spectrum_of) or list(dict.fromkeys(t.test for t in config.tasks))
+
+
+def study_cells(config: StudyConfig) -> dict[Cell, tuple[Cell, ...]]:
+    """Every cell of the study mapped to the cells it needs, in an order that runs each cell
+    after its dependencies (the in-process order: per grid point, pre-train, extract, spectra,
+    then tuning)."""
+    graph: dict[Cell, tuple[Cell, ...]] = {}
+    for seed in config.seeds:
+        for ratio in config.noise.ratios:
+            point = Cell("pretrain", ratio, seed)
+            graph[point] = ()
+            needed = [(spec, 1) for spec in _spectrum_sets(config)]
+            for task in config.tasks:
+                for method in config.methods:
+                    views = int(config.methods[method].get("views", 1))
+                    needed.append((task.train, views))
+                    needed.extend((spec, 1) for _, _, spec in task.evaluations())
+            extracts = {(spec, views): Cell("extract", ratio, seed, spec=spec, views=views)
+                        for spec, views in dict.fromkeys(needed)}
+            for cell in extracts.values():
+                graph[cell] = (point,)
+            for spec in _spectrum_sets(config):
+                graph[Cell("spectrum", ratio, seed, spec=spec)] = (point, extracts[spec, 1])
+            for task in config.tasks:
+                for method in config.methods:
+                    views = int(config.methods[method].get("views", 1))
+                    sets = [(task.train, views)] + [(s, 1) for _, _, s in task.evaluations()]
+                    graph[Cell("tune", ratio, seed, task=task, method=method)] = (
+                        point, *dict.fromkeys(extracts[k] for k in sets))
+                if config.zeroshot is not None:  # scores the test sets only; fits nothing
+                    graph[Cell("tune", ratio, seed, task=task, method=ZEROSHOT)] = (
+                        point, *dict.fromkeys(extracts[s, 1] for _, _, s in task.evaluations()))
+    return graph
+
+
+class _Runner:
+    """Runs the cells of one study into ``out_dir``: the one implementation every executor
+    calls (:mod:`nmtune.executors`).
+
+    Holds the loaded datasets so each is read once, the current grid point's backbone so it is
+    loaded once, and its features so each cached array is read and verified once, however
+    many cells of this process use it.
     """
 
     def __init__(self, config: StudyConfig, out_dir: Path, progress: bool):
@@ -632,8 +743,23 @@ class _Runner:
         self.out = out_dir
         self.progress = progress
         self._datasets: dict[SetSpec, Any] = {}
-        self._real_backbone = None
+        self._backbone: tuple[str | None, Any] = ("", None)
         self._features: dict[tuple[SetSpec, int], tuple[Any, Any]] = {}
+        self._features_of = ""
+
+    def run_cell(self, cell: Cell, point: dict | None = None) -> Any:
+        """Run (or read back) ``cell``; ``point`` is the output of its grid point's pretrain
+        cell. Idempotent: a cell already done is read from its cache."""
+        if cell.stage == "pretrain":
+            return self.pretrain_cell(cell.ratio, cell.seed)
+        if cell.stage == "extract":
+            self.features(point, cell.spec, cell.views)
+            return None
+        if cell.stage == "spectrum":
+            return self.spectrum_cell(point, cell.spec)
+        if cell.method == ZEROSHOT:
+            return self.zeroshot_cells(point, cell.task)
+        return self.tune_cells(point, cell.task, cell.method, cell.seed)
 
     # -- stages -----------------------------------------------------------------
 
@@ -644,38 +770,58 @@ class _Runner:
             self._datasets[spec] = load_dataset(spec.dataset, spec.split, spec.limit, spec.seed)
         return self._datasets[spec]
 
-    def pretrained(self, ratio: float, seed: int) -> tuple[Any, dict | None]:
-        """The backbone for one grid point, pre-training it first when the study does."""
+    def backbone(self, weights: str | None):
+        """The study's backbone: pre-trained ``weights``, or the real one when None."""
         from .backbones import create_backbone
 
-        kwargs = dict(self.cfg.backbone.get("kwargs") or {})
+        if self._backbone[0] != weights:
+            kwargs = dict(self.cfg.backbone.get("kwargs") or {})
+            if weights is not None:
+                kwargs["weights"] = weights
+            self._backbone = (weights, create_backbone(self.cfg.backbone["name"], **kwargs))
+        return self._backbone[1]
+
+    def pretrain_cell(self, ratio: float, seed: int) -> dict:
+        """Pre-train grid point ``(ratio, seed)`` (resuming; a finished run is reused) and
+        return what its other cells need: the grid columns, the weights and their identity."""
+        grid = {"noise_type": self.cfg.noise.kind, "noise_ratio": ratio, "seed": seed}
         if self.cfg.pretrain is None:
-            if self._real_backbone is None:
-                self._real_backbone = create_backbone(self.cfg.backbone["name"], **kwargs)
-            return self._real_backbone, None
+            return {"grid": grid, "weights": None, "metrics": None,
+                    "identity": self.backbone(None).identity()}
+        from .pretrain import PretrainResult
+
         if isinstance(self.cfg.pretrain, ClipConfig):
             from .pretrain import pretrain_clip as train
         else:
             from .pretrain import pretrain as train
 
-        result = train(pretrain_config(self.cfg, ratio, seed), self.run_dir(ratio, seed),
-                       resume=True, progress=self.progress)
-        backbone = create_backbone(self.cfg.backbone["name"], weights=result.backbone_path,
-                                   **kwargs)
-        return backbone, result.metrics
+        run_dir = self.run_dir(ratio, seed)
+        finished = PretrainResult(run_dir, {}).metrics_path.is_file()
+        if self.cfg.resources.pretrain.gpus > 1 and not finished:
+            _torchrun_pretrain(self.cfg, self.out, ratio, seed, run_dir)
+        result = train(pretrain_config(self.cfg, ratio, seed), run_dir, resume=True,
+                       progress=self.progress)
+        metrics = result.metrics
+        grid["realised_noise_rate"] = metrics.get("realised_noise_rate", 0.0)
+        weights = str(result.backbone_path)
+        return {"grid": grid, "weights": weights, "metrics": metrics, "run_dir": str(run_dir),
+                "identity": self.backbone(weights).identity()}  # hashes the weights
 
     def run_dir(self, ratio: float, seed: int) -> Path:
         """The pre-training run folder of grid point ``(ratio, seed)``."""
         return self.out / "pretrain" / run_name(self.cfg, ratio, seed)
 
-    def features(self, backbone, spec: SetSpec, views: int = 1):
-        """Features and labels of ``spec`` under the current grid point's backbone."""
+    def features(self, point: dict, spec: SetSpec, views: int = 1):
+        """Features and labels of ``spec`` under grid point ``point``'s backbone."""
         from .features import extract
 
+        if self._features_of != point["identity"]:
+            self._features.clear()  # only one point's features are held at a time
+            self._features_of = point["identity"]
         if (spec, views) in self._features:
             return self._features[spec, views]
         fs = extract(
-            backbone,
+            self.backbone(point["weights"]),
             self.dataset(spec),
             views=views,
             seed=spec.seed,
@@ -687,28 +833,30 @@ class _Runner:
         self._features[spec, views] = fs.features, fs.labels
         return fs.features, fs.labels
 
-    def spectrum_cell(self, backbone, identity: str, spec: SetSpec, grid: dict) -> dict:
+    def spectrum_cell(self, point: dict, spec: SetSpec) -> dict:
         from .spectrum import summary
 
+        grid = point["grid"]
+
         def compute():
-            feats, _ = self.features(backbone, spec)
+            feats, _ = self.features(point, spec)
             s = summary(np.asarray(feats))
             return {**grid, "features_of": spec.label, "sve": s["sve"], "lsvr": s["lsvr"],
                     "effective_rank": s["effective_rank"], "n": s["n"], "d": s["d"],
                     "singular_values": json.dumps([float(v) for v in s["singular_values"]])}
 
-        path = self.out / "cells" / f"spectrum-{_key(identity, spec, grid)}.json"
+        path = self.out / "cells" / f"spectrum-{_key(point['identity'], spec, grid)}.json"
         return _cached(path, compute, _is_spectrum_cell)
 
-    def tune_cells(self, backbone, identity: str, task: TaskSpec, method: str, seed: int,
-                   grid: dict) -> list:
+    def tune_cells(self, point: dict, task: TaskSpec, method: str, seed: int) -> list:
         """Fit ``method`` on the task's training set once; one row per ID/OOD test set."""
         params = self.cfg.methods[method]
         views = int(params.get("views", 1))
+        grid = point["grid"]
 
         def compute():
             self.task_classes(task)
-            X_train, y_train = self.features(backbone, task.train, views=views)
+            X_train, y_train = self.features(point, task.train, views=views)
             tuner = _make_tuner(params, seed, self.cfg.device)
             t0 = time.perf_counter()
             tuner.fit(np.asarray(X_train), y_train)
@@ -724,19 +872,19 @@ class _Runner:
             for term in ("mse", "cov", "svd"):
                 if term in last:
                     common[f"loss_{term}"] = float(last[term])
-            return {"rows": self.evaluate(backbone, task, common, tuner.score)}
+            return {"rows": self.evaluate(point, task, common, tuner.score)}
 
-        key = _key(identity, task, method, params, seed, grid)
+        key = _key(point["identity"], task, method, params, seed, grid)
         return _cached(self.out / "cells" / f"tune-{key}.json", compute, _is_tune_cell)["rows"]
 
-    def zeroshot_cells(self, backbone, identity: str, task: TaskSpec, run_dir: Path,
-                       grid: dict) -> list:
-        """Zero-shot classification of the task's ID and OOD test sets by the CLIP model in
-        ``run_dir``: its text tower embeds the prompt templates of each class, its image
-        projection maps the same cached image-tower features the tuned methods see."""
+    def zeroshot_cells(self, point: dict, task: TaskSpec) -> list:
+        """Zero-shot classification of the task's ID and OOD test sets by the CLIP model of
+        grid point ``point``: its text tower embeds the prompt templates of each class, its
+        image projection maps the same cached image-tower features the tuned methods see."""
         from .zeroshot import DEFAULT_TEMPLATES
 
         templates = self.cfg.zeroshot.templates or DEFAULT_TEMPLATES
+        grid, run_dir = point["grid"], Path(point["run_dir"])
 
         def compute():
             from .data.pairs import noun_phrase
@@ -752,12 +900,12 @@ class _Runner:
                       "protocol": "zero-shot", "selected": "", "views": 1, "n_train": 0,
                       "fit_seconds": round(time.perf_counter() - t0, 3)}
             return {"rows": self.evaluate(
-                backbone, task, common,
+                point, task, common,
                 lambda X, y: classifier.score(embed_image_features(model, X), y))}
 
         # The image tower's identity does not cover the text tower: the whole model's does.
         model_digest = sha256_file(run_dir / "model.pt")
-        key = _key(identity, model_digest, task, ZEROSHOT, templates, grid)
+        key = _key(point["identity"], model_digest, task, ZEROSHOT, templates, grid)
         return _cached(self.out / "cells" / f"zeroshot-{key}.json", compute,
                        _is_tune_cell)["rows"]
 
@@ -776,20 +924,17 @@ class _Runner:
                 )
         return classes
 
-    def evaluate(self, backbone, task: TaskSpec, common: dict, score) -> list[dict]:
+    def evaluate(self, point: dict, task: TaskSpec, common: dict, score) -> list[dict]:
         """One row per ID/OOD test set of ``task``: ``common`` and ``score(X, y)``."""
         rows = []
         for name, kind, spec in task.evaluations():
-            X_test, y_test = self.features(backbone, spec)
+            X_test, y_test = self.features(point, spec)
             rows.append({**common, "task": name, "kind": kind, "test_set": spec.label,
                          "accuracy": float(score(np.asarray(X_test), y_test)),
                          "chance": chance_level(y_test), "n_test": int(len(y_test))})
         return rows
 
     # -- the grid ---------------------------------------------------------------
-
-    def grid_points(self) -> list[tuple[float, int]]:
-        return [(r, s) for s in self.cfg.seeds for r in self.cfg.noise.ratios]
 
     def preflight(self) -> None:
         """Fail before any work when a dataset, backbone or noise source is missing, naming
@@ -817,46 +962,6 @@ class _Runner:
         if self.cfg.noise.cifar_n is not None:
             cifar_n_labels(self.cfg.noise.cifar_n)  # the labels ship in an optional package
 
-    def run(self) -> dict[str, pd.DataFrame]:
-        points = self.grid_points()
-        spectrum_sets = list(self.cfg.spectrum_of) or list(
-            dict.fromkeys(t.test for t in self.cfg.tasks)
-        )
-        methods = len(self.cfg.methods) + (self.cfg.zeroshot is not None)
-        n_cells = len(points) * (len(self.cfg.tasks) * methods + len(spectrum_sets))
-        results, spectra, pretrain_rows = [], [], []
-        bar = tqdm(total=n_cells, desc=f"study {self.cfg.name}", unit="cell",
-                   disable=not self.progress)
-        for ratio, seed in points:
-            grid = {"noise_type": self.cfg.noise.kind, "noise_ratio": ratio,
-                    "seed": seed}
-            bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: pre-training")
-            backbone, metrics = self.pretrained(ratio, seed)
-            identity = backbone.identity()  # hashes the weights: once per grid point
-            self._features.clear()  # only this point's features are ever reused
-            if metrics is not None:
-                grid["realised_noise_rate"] = metrics.get("realised_noise_rate", 0.0)
-                pretrain_rows.append({**grid, **{k: v for k, v in metrics.items()
-                                                 if k not in grid}})
-            for spec in spectrum_sets:
-                bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: spectrum {spec.label}")
-                spectra.append(self.spectrum_cell(backbone, identity, spec, grid))
-                bar.update()
-            for task in self.cfg.tasks:
-                for method in self.cfg.methods:
-                    bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: {task.name} {method}")
-                    results.extend(self.tune_cells(backbone, identity, task, method, seed,
-                                                   grid))
-                    bar.update()
-                if self.cfg.zeroshot is not None:
-                    bar.set_postfix_str(f"noise {ratio:.0%} seed {seed}: {task.name} zero-shot")
-                    results.extend(self.zeroshot_cells(backbone, identity, task,
-                                                       self.run_dir(ratio, seed), grid))
-                    bar.update()
-        bar.close()
-        return {"results": tidy_table(results), "spectrum": tidy_table(spectra),
-                "pretrain": tidy_table(pretrain_rows)}
-
 
 def _require_pairs(source: str) -> None:
     """Fail naming the first missing file of a pair table or shard set, before any work."""
@@ -869,13 +974,66 @@ def _require_pairs(source: str) -> None:
                           f"{len(files)} pair files missing); see the config's header for the data")
 
 
-def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True) -> dict:
+def _torchrun_pretrain(config: StudyConfig, out: Path, ratio: float, seed: int,
+                       run_dir: Path) -> None:
+    """Pre-train one grid point as one DDP job over ``resources.pretrain.gpus`` local GPUs:
+    ``torchrun --standalone`` of ``nmtune pretrain --config STUDY`` (the study's own
+    ``config.yaml``), which trains exactly :func:`pretrain_config`'s settings. Untested on GPUs
+    (docs/benchmarks.md); a finished run is then read back by :func:`nmtune.pretrain.pretrain`.
+    """
+    import subprocess
+    import sys
+
+    from .noise import SOURCED_KINDS
+
+    kind = config.noise.kind
+    noise = ("none" if ratio == 0 else f"{kind}:{ratio:g}" if kind not in SOURCED_KINDS
+             else f"{kind}:1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={int(config.resources.pretrain.gpus)}", "-m", "nmtune.pretrain",
+           "--config", str(out / "config.yaml"), "--noise", noise, "--seed", str(seed),
+           "--out", str(run_dir), "--quiet"]
+    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise NMTuneError(f"torchrun pre-training of {run_dir.name} failed "
+                          f"(exit {done.returncode}): {tail[0]}")
+
+
+def _tables(graph: dict, outputs: dict) -> dict[str, pd.DataFrame]:
+    """The study's tables from its cells' outputs, in the graph's order whatever the order
+    the cells ran in."""
+    results, spectra, pretrain_rows = [], [], []
+    for cell in graph:
+        value = outputs[cell]
+        if cell.stage == "pretrain" and value["metrics"] is not None:
+            grid = value["grid"]
+            pretrain_rows.append({**grid, **{k: v for k, v in value["metrics"].items()
+                                             if k not in grid}})
+        elif cell.stage == "spectrum":
+            spectra.append(value)
+        elif cell.stage == "tune":
+            results.extend(value)
+    return {"results": tidy_table(results), "spectrum": tidy_table(spectra),
+            "pretrain": tidy_table(pretrain_rows)}
+
+
+def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True,
+              executor: str = "in-process", address: str | None = None) -> dict:
     """Run (or resume) ``config`` into ``out_dir``; return the tables as DataFrames.
 
-    Writes ``results.csv``, ``spectrum.csv``, ``pretrain.csv`` (when pre-training) and
-    ``study.json`` atomically. Re-running with the same config recomputes nothing that is
-    already done.
+    ``executor`` is ``in-process`` (one cell after another here) or ``ray`` (every cell a Ray
+    task on the cluster at ``address``, or a local one; needs ``nmtune[ray]`` and ``out_dir``
+    on a path every node shares). Both run the same cells into the same caches, so their
+    tables are identical and either resumes the other's work.
+
+    Writes ``results.csv``, ``spectrum.csv``, ``pretrain.csv`` (when pre-training),
+    ``timings.csv`` (seconds per cell this run) and ``study.json`` atomically. Re-running with
+    the same config recomputes nothing that is already done.
     """
+    from .executors import get_executor
+
+    run_cells = get_executor(executor, address)  # a missing extra fails before any work
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NMTuneError(f"{out} is a file, not a folder: give the study a results folder")
@@ -888,16 +1046,24 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         print(f"note: {out} holds an earlier config; cells that still apply are reused")
     write_bytes_atomic(config_path, yaml.safe_dump(config.raw, sort_keys=False).encode())
     started = time.time()
-    tables = runner.run()
+    graph = study_cells(config)
+    with pinned_threads(config.threads):  # results must not depend on OMP_NUM_THREADS
+        outputs, seconds = run_cells(runner, graph)
+        env = environment()  # inside: the thread counts the cells ran with
+    tables = _tables(graph, outputs)
+    tables["timings"] = pd.DataFrame(
+        [{"stage": c.stage, "cell": c.name, "seconds": round(seconds[c], 3)} for c in graph])
     for name, df in tables.items():
         if not df.empty:
             write_bytes_atomic(out / f"{name}.csv", df.to_csv(index=False).encode())
     write_json_atomic(out / "study.json", {
         "name": config.name, "config": config.raw, "nmtune_version": __version__,
+        "executor": executor,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                    f"python {platform.python_version()}",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds_this_run": round(time.time() - started, 1),
-        "environment": environment(),
+        "threads": config.threads,
+        "environment": env,
     })
     return tables

@@ -1,4 +1,5 @@
-"""``nmtune study [CONFIG] [--out DIR]``: run or resume a study, then write its report."""
+"""``nmtune study [CONFIG] [--out DIR] [--executor ray [--address ADDR]] [--plan]``: run or resume
+a study, then write its report; or print its cost plan."""
 
 from __future__ import annotations
 
@@ -21,6 +22,17 @@ def register(subparsers) -> None:
                    help="results folder (default: nmtune-results/<study name>)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=("in-process", "ray"), default="in-process",
+                   help="run cells one after another here (default), or as Ray tasks "
+                   "(needs nmtune[ray]; --out on a path every node shares)")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: the cluster to join (e.g. auto, or HEAD:6379); "
+                   "default: a local Ray")
+    p.add_argument("--plan", action="store_true",
+                   help="print the cells, their dependencies and each stage's estimated cost "
+                   "(FLOPs, memory, CPU and GPU time), then stop: runs and writes nothing")
+    p.add_argument("--gpu", default="H100",
+                   help="with --plan: the GPU to estimate time on (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -29,8 +41,14 @@ def run(args: argparse.Namespace) -> int:
     from ..study import load_config, run_study
 
     config = load_config(args.config)
+    if args.plan:
+        from ..plan import format_plan, plan_study
+
+        print(format_plan(plan_study(config, gpu=args.gpu)))
+        return 0
     out = args.out or Path("nmtune-results") / config.name
-    tables = run_study(config, out, progress=not args.quiet)
+    tables = run_study(config, out, progress=not args.quiet, executor=args.executor,
+                       address=args.address)
     print(summary_table(tables["results"]))
     print(f"\nresults: {out / 'results.csv'}")
     if not args.no_report:

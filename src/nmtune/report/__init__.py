@@ -4,8 +4,9 @@
 ``pretrain.csv``, ``study.json``; schema and loading in :mod:`nmtune.results`) and writes
 ``report.html`` (self-contained: figures embedded as base64 PNG, inline CSS), ``report.md``
 (figures as PNG files in ``figures/``) and ``claims.json``. :func:`check_claims` states, for
-each claim of Chen et al. (ICLR 2024), whether the measured numbers reproduce it, by the fixed
-rules in its docstring.
+each claim of Chen et al. (ICLR 2024) its paired effect with a 95% interval and whether the
+measured numbers reproduce it, contradict it, rule out an effect of the stated size or cannot
+resolve it (the rules in its docstring; the statistics live in :mod:`nmtune.stats`).
 
 Accuracies are fractions in [0, 1] on disk and percentage points ("pts") in the report. A
 missing optional file or column degrades the report (a figure, table or claim is left out and a

@@ -9,10 +9,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats as sps
 
 from .._io import write_bytes_atomic, write_json_atomic
 from ..results import StudyResults, load_results
-from .claims import DECISION_RULES, Claim, check_claims
+from .claims import ALPHA, DEFAULT_EFFECT_SIZE, POWER, Claim, check_claims, decision_rules
 from .document import Bullets, Heading, Image, Paragraph, Table, render_html, render_markdown
 from .figures import (
     N_SPECTRUM,
@@ -69,13 +70,57 @@ def _header(study: StudyResults, name: str) -> list:
     return blocks
 
 
-def _claims_blocks(claims: list[Claim]) -> list:
-    table = pd.DataFrame(
-        {"claim": [c.claim for c in claims], "verdict": [c.verdict for c in claims],
-         "evidence": [c.evidence for c in claims]}
-    )
+def _claims_blocks(claims: list[Claim], effect_size: float, n_seeds: int) -> list:
+    table = pd.DataFrame({
+        "claim": [c.claim for c in claims],
+        "verdict": [c.verdict_text for c in claims],
+        "effect, 95% interval": [c.effect or "—" for c in claims],
+        "MDE (pts)": [f"{c.mde:.2f}" if math.isfinite(c.mde) else "—" for c in claims],
+        "evidence": [c.evidence for c in claims],
+    })
     return [Heading("The paper's claims"), Table(table),
-            Paragraph("How the verdicts are decided. " + DECISION_RULES)]
+            Heading("What this study can and cannot resolve", 3),
+            Paragraph(_resolution(claims, effect_size, n_seeds)),
+            Paragraph("How the verdicts are decided. " + decision_rules(effect_size))]
+
+
+def _seeds_needed(claim: Claim) -> int | None:
+    """Seeds that would detect the effect size on every one of the claim's effects."""
+    needed = [v for k, v in claim.statistics.items() if k.endswith("seeds_needed")]
+    return None if not needed or None in needed else max(needed)
+
+
+def _resolution(claims: list[Claim], effect_size: float, n_seeds: int) -> str:
+    """The study's minimum detectable effects, and what it can and cannot resolve, in words."""
+    measured = [c for c in claims if math.isfinite(c.mde)]
+    if not measured:
+        return ("No accuracy claim has the 2 seeds or more that an interval and a minimum "
+                "detectable effect (MDE) need: this study resolves no effect size.")
+    x = f"{effect_size:g}"
+    text = [f"With {n_seeds} seeds, the minimum detectable effect (MDE: the effect a two-sided "
+            f"{ALPHA:.0%} t-test on per-seed effects detects with {POWER:.0%} power at the "
+            "spread measured here) is "
+            + "; ".join(f"{c.mde:.2f} pts for '{c.claim}'" for c in measured) + "."]
+    resolved = [c.claim for c in measured if c.mde <= effect_size]
+    unresolved = [c for c in measured if c.mde > effect_size]
+    if resolved:
+        text.append(f"It can resolve an effect of {x} pts on: " + "; ".join(resolved) + ".")
+    if unresolved:
+        plans = [f"'{c.claim}' would need {n} seeds" if (n := _seeds_needed(c)) is not None
+                 else f"'{c.claim}' (no spread to plan from)" for c in unresolved]
+        text.append(f"It cannot resolve an effect of {x} pts on {len(unresolved)} of the "
+                    f"{len(measured)} accuracy claims: an 'underpowered' verdict there means "
+                    f"not measured, not absent. At {POWER:.0%} power, " + "; ".join(plans) + ".")
+    if n_seeds <= 3:
+        critical = sps.t.ppf(1 - ALPHA / 2, max(n_seeds - 1, 1))
+        text.append(f"With {n_seeds} seeds the t-interval has {n_seeds - 1} degree(s) of "
+                    f"freedom (critical value {critical:.1f}), and the spread behind the MDE and "
+                    "the seeds needed is itself estimated from those seeds: read them as a "
+                    "rough guide.")
+    if unresolved:
+        text.append("The packaged study `nmtune study resolve` is sized for an MDE of at most "
+                    "1 point on claims (1) and (2) (docs/results.md).")
+    return " ".join(text)
 
 
 def _figure_blocks(study: StudyResults, summary: pd.DataFrame) -> list:
@@ -118,17 +163,22 @@ def _table_blocks(study: StudyResults, summary: pd.DataFrame) -> list:
     return blocks
 
 
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _json_safe(record: dict) -> dict:
     """NaN statistics become null: strict JSON has no NaN."""
-    record["statistics"] = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v
-        for k, v in record["statistics"].items()
-    }
+    record["statistics"] = {k: _finite_or_none(v) for k, v in record["statistics"].items()}
+    record["mde"] = _finite_or_none(record["mde"])
     return record
 
 
 def build_report(
-    results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
+    results_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    effect_size: float = DEFAULT_EFFECT_SIZE,
 ) -> dict[str, Path]:
     """Write the study report for a results directory.
 
@@ -138,6 +188,9 @@ def build_report(
         Directory written by :mod:`nmtune.study` (see :func:`load_results`).
     out_dir : path, optional
         Where to write; defaults to ``results_dir``.
+    effect_size : float > 0
+        The smallest effect of interest in accuracy points (default 1): the equivalence
+        margin of the "no effect" verdict and the effect the seeds-needed figures plan for.
 
     Returns
     -------
@@ -149,11 +202,11 @@ def build_report(
     study = load_results(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
     name = str(study.meta.get("name") or Path(results_dir).resolve().name)
-    claims = check_claims(study.results, study.spectrum)
+    claims = check_claims(study.results, study.spectrum, effect_size=effect_size)
     summary = summarise_accuracy(study.results)
     blocks = [
         *_header(study, name),
-        *_claims_blocks(claims),
+        *_claims_blocks(claims, effect_size, study.results["seed"].nunique()),
         Heading("Figures"),
         *_figure_blocks(study, summary),
         Heading("Tables"),

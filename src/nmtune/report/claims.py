@@ -1,9 +1,11 @@
 """The paper's claims checked against measured results: one function per claim, one verdict each.
 
 :func:`check_claims` returns a list of :class:`Claim` (claim, verdict, evidence, statistics),
-each decided by the fixed rules in :data:`DECISION_RULES`. Each claim has its own
-``_claim_*`` function that takes conformed tables and returns one :class:`Claim`; the paired
-statistics they share live in :class:`_Paired`.
+each decided by the rules in :data:`DECISION_RULES`. The accuracy claims are paired effects
+from :mod:`nmtune.stats` (the one copy of the pairing: :func:`nmtune.stats.claim_differences`),
+each with its 95% interval over seeds, TOST equivalence and power; the spectrum claims are rank
+correlations. Each claim has its own ``_claim_*`` function that takes conformed tables and
+returns one :class:`Claim`.
 """
 
 from __future__ import annotations
@@ -18,41 +20,57 @@ from scipy import stats
 
 from .._validation import NMTuneError
 from ..results import conform_results, conform_spectrum
+from ..stats import SLIGHT_NOISE, Effect, claim_differences, paired_effect
 
-#: The four verdicts a claim can get.
-VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not testable")
-#: A paired mean difference counts as real when it is larger than this many standard errors
-#: (about a two-sided 95% interval for a normal mean).
-SE_MULTIPLE = 2.0
-#: A Spearman correlation counts as real below this p-value.
+#: The verdicts a claim can get.
+VERDICTS = ("reproduced", "contradicted", "no effect", "underpowered", "not testable")
+#: A Spearman correlation counts as real below this p-value; also the effects' two-sided level.
 ALPHA = 0.05
-#: The paper's "slight" pre-training noise: ratios in this closed interval.
-SLIGHT_NOISE = (0.05, 0.10)
+#: Power the report plans seeds for, and at which it states the minimum detectable effect.
+POWER = 0.8
+#: The effect size (points) the report plans for unless told otherwise.
+DEFAULT_EFFECT_SIZE = 1.0
 #: Method names the NMTune claim compares (lower case, as ``results.csv`` writes them).
 NMTUNE, BASELINES = "nmtune", ("lp", "mlp")
 
-DECISION_RULES = (
-    "Accuracy differences are paired: two rows are compared only when they share seed, task, "
-    "train/test sets, method and protocol (and noise setting, for method comparisons). For each "
-    f"comparison the report gives the mean paired difference in accuracy points, its standard "
-    f"error (SE, std/sqrt(n)), the counts of pairs that went up and down and a two-sided sign "
-    f"test. A difference is called real only when |mean| > {SE_MULTIPLE:g} SE; otherwise it is "
-    "within the seed-to-seed spread and the verdict is 'inconclusive'. "
-    "(1) Slight noise helps ID: ID accuracy averaged over the ratios in "
-    f"{SLIGHT_NOISE[0]:.0%}-{SLIGHT_NOISE[1]:.0%} minus accuracy at 0%, pooled over methods; "
-    "reproduced if the mean is real and positive, not reproduced if real and negative. "
-    "(2) Noise hurts OOD: OOD accuracy at each noise type's highest ratio minus 0%; reproduced "
-    "if the mean is real and negative and the Spearman correlation of accuracy with noise ratio "
-    "(accuracy centred within each task x method x protocol series) is negative; not reproduced "
-    "if the mean is real and positive. "
-    "(3) SVE rises and LSVR falls with noise: Spearman correlation of each metric with noise "
-    "ratio over all pre-trained models (centred within each features_of); reproduced if in the "
-    f"claimed direction with p < {ALPHA:g}, not reproduced if opposite with p < {ALPHA:g}. "
-    "(4) NMTune beats LP and MLP: NMTune minus each baseline, paired over all cells; reproduced "
-    "if every difference is real and positive, not reproduced if any is real and negative. "
-    "A claim is 'not testable' when the data lacks what it needs (no noise grid, no 0% "
-    "baseline, no OOD rows, a missing method)."
-)
+
+def decision_rules(effect_size: float = DEFAULT_EFFECT_SIZE) -> str:
+    """How the verdicts are decided, in words, for the report."""
+    x = f"{effect_size:g}"
+    return (
+        "Accuracy differences are paired: two rows are compared only when they share seed, task, "
+        "train/test sets, method and protocol (and noise setting, for method comparisons). The "
+        "seed is the unit of replication (the cells of one seed share its pre-trained model): "
+        "differences are averaged to one value per task and seed, and the effect is the mean "
+        "over tasks of each task's mean over seeds, in accuracy points. Its 95% interval is a "
+        "t-interval on the per-seed effects; a bootstrap over seeds stratified by task is shown "
+        "beside it (with few seeds it has few distinct resamples and covers less than 95%, so "
+        "it does not decide). Verdicts, in this order: 'reproduced' when the interval excludes "
+        "0 in the claimed direction; 'contradicted' when it excludes 0 the other way; "
+        f"'no effect as large as {x} pts' when two one-sided t-tests (TOST, 5%) place the "
+        f"effect within ±{x} points; otherwise 'underpowered', with the seeds that would detect "
+        f"an effect of {x} points with {POWER:.0%} power at the seed spread measured here. "
+        f"{x} point(s) is the effect size of interest (`nmtune report --effect-size`). The "
+        f"minimum detectable effect (MDE) is the effect a two-sided 5% t-test detects with "
+        f"{POWER:.0%} power given the study's seeds and spread. "
+        "(1) Slight noise helps ID: ID accuracy averaged over the ratios in "
+        f"{SLIGHT_NOISE[0]:.0%}-{SLIGHT_NOISE[1]:.0%} minus accuracy at 0%, pooled over methods; "
+        "claimed positive. (2) Noise hurts OOD: OOD accuracy at each noise type's highest ratio "
+        "minus 0%; claimed negative (the Spearman correlation of accuracy with noise ratio over "
+        "all ratios is shown, not used). (3) SVE rises and LSVR falls with noise: Spearman "
+        "correlation of each metric with noise ratio over all pre-trained models (centred within "
+        f"each features_of): 'reproduced' if in the claimed direction with p < {ALPHA:g}, "
+        f"'contradicted' if opposite with p < {ALPHA:g}, else 'underpowered' (no effect in "
+        "points, so no MDE). (4) NMTune beats LP and MLP: NMTune minus each baseline, paired "
+        "over all cells; 'reproduced' if both effects are, 'contradicted' if either is, "
+        "'no effect' if either is (and none contradicted), else 'underpowered'. A claim is "
+        "'not testable' when the data lacks what it needs (no noise grid, no 0% baseline, no OOD "
+        "rows, a missing method)."
+    )
+
+
+#: The rules at the default effect size (the report renders them at its own).
+DECISION_RULES = decision_rules()
 
 
 @dataclass(frozen=True)
@@ -63,83 +81,66 @@ class Claim:
     ----------
     claim : str
         The claim, in words.
-    verdict : {"reproduced", "not reproduced", "inconclusive", "not testable"}
+    verdict : {"reproduced", "contradicted", "no effect", "underpowered", "not testable"}
     evidence : str
         The numbers behind the verdict.
     statistics : dict of str to float
-        The same numbers, machine-readable (differences in accuracy points).
+        The same numbers, machine-readable (differences in accuracy points); an accuracy
+        claim's effect fields (:class:`nmtune.stats.Effect`) under ``effect.`` (``vs_lp.`` and
+        ``vs_mlp.`` for NMTune's two comparisons).
+    verdict_text : str
+        The verdict as the report shows it ("no effect as large as 1 pts", "underpowered: 6
+        seeds would detect 1 pts with 80% power"); the verdict itself when empty.
+    effect : str
+        The paired effect and its 95% interval in points ("" for the spectrum claims).
+    mde : float
+        Minimum detectable effect (points) of the study as run: the largest over the claim's
+        effects; NaN when the claim has none.
     """
 
     claim: str
     verdict: str
     evidence: str
     statistics: dict = field(default_factory=dict)
+    verdict_text: str = ""
+    effect: str = ""
+    mde: float = math.nan
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise NMTuneError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if not self.verdict_text:
+            object.__setattr__(self, "verdict_text", self.verdict)
 
 
-@dataclass(frozen=True)
-class _Paired:
-    """Summary of paired differences (in accuracy points)."""
-
-    mean: float
-    se: float
-    n: int
-    up: int
-    down: int
-    sign_p: float
-
-    @classmethod
-    def of(cls, diffs) -> _Paired:
-        diffs = np.asarray(diffs, dtype=float)
-        n = diffs.size
-        up, down = int(np.sum(diffs > 0)), int(np.sum(diffs < 0))
-        se = float(np.std(diffs, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        sign_p = float(stats.binomtest(up, up + down, 0.5).pvalue) if up + down else 1.0
-        return cls(float(np.mean(diffs)) if n else math.nan, se, n, up, down, sign_p)
-
-    @property
-    def direction(self) -> int:
-        """+1 / -1 when the mean is more than ``SE_MULTIPLE`` SE above / below 0, else 0."""
-        if self.n < 2 or self.mean == 0 or abs(self.mean) <= SE_MULTIPLE * self.se:
-            return 0
-        return 1 if self.mean > 0 else -1
-
-    def short(self) -> str:
-        se = f"{self.se:.2f}" if math.isfinite(self.se) else "n/a"
-        return f"{self.mean:+.2f} ± {se} pts"
-
-    def describe(self) -> str:
-        return (
-            f"{self.short()} (mean ± SE, n={self.n}; {self.up} up, {self.down} down, "
-            f"sign test {_p_value(self.sign_p)})"
-        )
-
-    def statistics(self, prefix: str = "") -> dict:
-        names = ("mean_diff_pts", "se_pts", "n", "up", "down", "sign_p")
-        values = (self.mean, self.se, self.n, self.up, self.down, self.sign_p)
-        return {f"{prefix}{k}": v for k, v in zip(names, values, strict=True)}
+def _interval(effect: Effect) -> str:
+    if not math.isfinite(effect.low):
+        return f"{effect.mean:+.2f} pts (no interval: {effect.n_seeds} seed)"
+    return f"{effect.mean:+.2f} pts [{effect.low:+.2f}, {effect.high:+.2f}]"
 
 
-def _pair_keys(df: pd.DataFrame) -> list[str]:
-    """Columns that identify one downstream evaluation apart from the noise setting."""
-    return [c for c in ("seed", "task", "train_set", "test_set", "method", "protocol") if c in df]
+def _verdict_text(verdict: str, effects: list[Effect]) -> str:
+    margin = effects[0].margin
+    if verdict == "no effect":
+        return f"no effect as large as {margin:g} pts"
+    if verdict != "underpowered":
+        return verdict
+    needed = [e.seeds_needed for e in effects if e.verdict == "underpowered"]
+    if None in needed:
+        return "underpowered: needs at least 2 seeds to measure the spread"
+    return (f"underpowered: {max(needed)} seeds would detect {margin:g} pts with "
+            f"{effects[0].power:.0%} power")
 
 
-def _noise_differences(rows: pd.DataFrame, treated: pd.Series) -> pd.DataFrame:
-    """Accuracy (pts) of the ``treated`` rows minus the clean (0%) rows with the same pair keys.
+def _effect_statistics(effect: Effect, prefix: str) -> dict:
+    return {f"{prefix}{k}": v for k, v in effect.to_dict().items()}
 
-    Treated rows of one noise type are averaged per pair first, so several ratios sharing one
-    baseline give one (not several dependent) pairs. The clean baseline is matched regardless
-    of its noise type, since a 0% model is the same model under any noise type.
-    """
-    keys = _pair_keys(rows)
-    clean = rows[np.isclose(rows["noise_ratio"], 0.0)].groupby(keys)["accuracy"].mean()
-    noisy = rows[treated].groupby([*keys, "noise_type"])["accuracy"].mean().reset_index()
-    paired = noisy.join(clean.rename("clean"), on=keys, how="inner")
-    return paired.assign(diff=100 * (paired["accuracy"] - paired["clean"]))
+
+def _effect_claim(claim: str, effect: Effect, what: str, more: str, extra: dict) -> Claim:
+    """A claim decided by one paired effect: ``what`` it compares, ``more`` evidence after."""
+    return Claim(claim, effect.verdict, f"{what}: {effect.describe()}. {more}",
+                 {**_effect_statistics(effect, "effect."), **extra},
+                 _verdict_text(effect.verdict, [effect]), _interval(effect), effect.mde)
 
 
 def _within_spearman(df: pd.DataFrame, value: str, groups: list[str]) -> tuple[float, float, int]:
@@ -167,63 +168,44 @@ def _describe_rho(rho: float, p: float, n: int) -> str:
     return f"Spearman ρ={rho:+.3f} ({_p_value(p)}, n={n})"
 
 
-def _verdict(direction: int) -> str:
-    return {1: "reproduced", -1: "not reproduced", 0: "inconclusive"}[direction]
-
-
 def _untestable(claim: str, why: str) -> Claim:
     return Claim(claim, "not testable", why)
 
 
-def _claim_slight_noise_helps_id(results: pd.DataFrame) -> Claim:
+def _claim_slight_noise_helps_id(diffs: dict, margin: float) -> Claim:
     claim = (
         f"Slight pre-training noise ({SLIGHT_NOISE[0]:.0%}-{SLIGHT_NOISE[1]:.0%}) "
         "improves in-domain (ID) transfer"
     )
-    rows = results[results["kind"] == "id"]
-    ratio = rows["noise_ratio"]
-    slight = (ratio >= SLIGHT_NOISE[0] - 1e-9) & (ratio <= SLIGHT_NOISE[1] + 1e-9)
-    diffs = _noise_differences(rows, slight)
-    if diffs.empty:
+    paired = diffs.get("slight noise helps ID")
+    if paired is None:
         return _untestable(claim, "needs ID accuracy at 0% and at 5-10% noise for the same cells")
-    pooled = _Paired.of(diffs["diff"])
-    per_method = {m: _Paired.of(g["diff"]) for m, g in diffs.groupby("method")}
-    evidence = (
-        f"ID accuracy at 5-10% minus 0%, pooled over methods: {pooled.describe()}. Per method: "
-        + "; ".join(f"{m} {p.short()} (n={p.n})" for m, p in per_method.items())
-        + "."
-    )
-    statistics = pooled.statistics()
-    for method, paired in per_method.items():
-        statistics.update(paired.statistics(f"{method}."))
-    return Claim(claim, _verdict(pooled.direction), evidence, statistics)
+    effect = paired_effect(paired, sign=1, margin=margin, alpha=ALPHA, power=POWER)
+    per_method = paired.groupby("method")["diff"].mean()
+    more = "Mean per method: " + "; ".join(f"{m} {v:+.2f} pts" for m, v in per_method.items())
+    return _effect_claim(claim, effect, "ID accuracy at 5-10% minus 0%, pooled over methods",
+                         more + ".", {f"{m}.mean_diff_pts": float(v)
+                                      for m, v in per_method.items()})
 
 
-def _claim_noise_hurts_ood(results: pd.DataFrame) -> Claim:
+def _claim_noise_hurts_ood(results: pd.DataFrame, diffs: dict, margin: float) -> Claim:
     claim = "Pre-training noise hurts out-of-domain (OOD) transfer"
     rows = results[results["kind"] == "ood"]
     if rows.empty:
         return _untestable(claim, "no OOD rows in results.csv")
-    highest = rows.groupby("noise_type")["noise_ratio"].transform("max")
-    treated = np.isclose(rows["noise_ratio"], highest) & (highest > 0)
-    diffs = _noise_differences(rows, treated)
-    if diffs.empty:
+    paired = diffs.get("noise hurts OOD")
+    if paired is None:
         return _untestable(claim, "needs OOD accuracy at 0% and a noisy ratio for the same cells")
-    paired = _Paired.of(diffs["diff"])
-    series = [c for c in _pair_keys(rows) if c != "seed"]
+    effect = paired_effect(paired, sign=-1, margin=margin, alpha=ALPHA, power=POWER)
+    series = [c for c in ("task", "train_set", "test_set", "method", "protocol") if c in rows]
     rho, p, n = _within_spearman(rows, "accuracy", series)
-    highest_by_type = rows[treated].groupby("noise_type")["noise_ratio"].max()
-    top = ", ".join(f"{t} {r:.0%}" for t, r in highest_by_type.items())
-    evidence = (
-        f"OOD accuracy at the highest ratio ({top}) minus 0%: {paired.describe()}; accuracy vs "
-        f"noise ratio within each series: {_describe_rho(rho, p, n)}."
-    )
-    if paired.direction == -1 and rho < 0:
-        verdict = "reproduced"
-    else:
-        verdict = "not reproduced" if paired.direction == 1 else "inconclusive"
-    statistics = {**paired.statistics(), "spearman_rho": rho, "spearman_p": p, "spearman_n": n}
-    return Claim(claim, verdict, evidence, statistics)
+    noisy = rows[rows["noise_ratio"] > 0]
+    top = ", ".join(f"{t} {r:.0%}" for t, r in
+                    noisy.groupby("noise_type")["noise_ratio"].max().items())
+    return _effect_claim(claim, effect, f"OOD accuracy at the highest ratio ({top}) minus 0%",
+                         "Accuracy vs noise ratio within each series (not used by the verdict): "
+                         f"{_describe_rho(rho, p, n)}.",
+                         {"spearman_rho": rho, "spearman_p": p, "spearman_n": n})
 
 
 def _claim_spectrum_moves(spectrum: pd.DataFrame | None, metric: str, sign: int) -> Claim:
@@ -237,63 +219,69 @@ def _claim_spectrum_moves(spectrum: pd.DataFrame | None, metric: str, sign: int)
     rho, p, n = _within_spearman(spectrum, metric, ["features_of"])
     evidence = f"{metric.upper()} vs noise ratio over all models: {_describe_rho(rho, p, n)}."
     direction = int(np.sign(rho)) * sign if p < ALPHA else 0  # NaN p compares False
+    verdict = {1: "reproduced", -1: "contradicted", 0: "underpowered"}[direction]
+    text = "underpowered: no significant rank correlation" if direction == 0 else verdict
     statistics = {"spearman_rho": rho, "spearman_p": p, "spearman_n": n}
-    return Claim(claim, _verdict(direction), evidence, statistics)
+    return Claim(claim, verdict, evidence, statistics, text)
 
 
-def _claim_nmtune_wins(results: pd.DataFrame, kind: str) -> Claim:
+def _combined_verdict(effects: list[Effect]) -> str:
+    """NMTune must beat every baseline: one contradiction or null effect decides."""
+    verdicts = [e.verdict for e in effects]
+    for verdict in ("contradicted", "no effect", "underpowered"):
+        if verdict in verdicts:
+            return verdict
+    return "reproduced"
+
+
+def _claim_nmtune_wins(results: pd.DataFrame, diffs: dict, kind: str, margin: float) -> Claim:
     domain = {"id": "in-domain (ID)", "ood": "out-of-domain (OOD)"}[kind]
     claim = f"NMTune beats LP and MLP {domain}"
-    rows = results[results["kind"] == kind]
-    keys = ["noise_type", "noise_ratio", *[c for c in _pair_keys(rows) if c != "method"]]
-    by_method = rows.assign(method=rows["method"].str.lower()).pivot_table(
-        index=keys, columns="method", values="accuracy", aggfunc="mean"
-    )
-    present = [b for b in BASELINES if b in by_method.columns]
-    if NMTUNE not in by_method.columns or not present:
+    methods = set(results.loc[results["kind"] == kind, "method"].str.lower())
+    present = [b for b in BASELINES if b in methods]
+    if NMTUNE not in methods or not present:
         return _untestable(claim, f"needs {kind.upper()} rows for nmtune and lp or mlp")
-    diffs = {b: 100 * (by_method[NMTUNE] - by_method[b]).dropna() for b in present}
-    comparisons = {b: _Paired.of(d) for b, d in diffs.items() if len(d)}
-    if not comparisons:
+    effects = {b: paired_effect(diffs[name], sign=1, margin=margin, alpha=ALPHA, power=POWER)
+               for b in present
+               if (name := f"NMTune beats {b.upper()} ({kind.upper()})") in diffs}
+    if not effects:
         return _untestable(claim, f"nmtune and lp/mlp never share a {kind.upper()} cell")
-    evidence = "; ".join(f"NMTune - {b.upper()}: {p.describe()}" for b, p in comparisons.items())
-    absent = [b.upper() for b in BASELINES if b not in comparisons]
+    evidence = "; ".join(f"NMTune - {b.upper()}: {e.describe()}" for b, e in effects.items())
+    absent = [b.upper() for b in BASELINES if b not in effects]
     if absent:
         evidence += f"; no {', '.join(absent)} rows to compare against"
-    directions = [p.direction for p in comparisons.values()]
-    if any(d == -1 for d in directions):
-        verdict = "not reproduced"
-    else:
-        verdict = "reproduced" if all(d == 1 for d in directions) else "inconclusive"
+    verdict = _combined_verdict(list(effects.values()))
     statistics = {}
-    for baseline, paired in comparisons.items():
-        statistics.update(paired.statistics(f"vs_{baseline}."))
-    return Claim(claim, verdict, evidence + ".", statistics)
+    for baseline, effect in effects.items():
+        statistics.update(_effect_statistics(effect, f"vs_{baseline}."))
+    shown = "; ".join(f"vs {b.upper()} {_interval(e)}" for b, e in effects.items())
+    return Claim(claim, verdict, evidence + ".", statistics,
+                 _verdict_text(verdict, list(effects.values())), shown,
+                 max(e.mde for e in effects.values()))
 
 
-def check_claims(results_df: pd.DataFrame, spectrum_df: pd.DataFrame | None = None) -> list[Claim]:
+def check_claims(results_df: pd.DataFrame, spectrum_df: pd.DataFrame | None = None, *,
+                 effect_size: float = DEFAULT_EFFECT_SIZE) -> list[Claim]:
     """Check the paper's claims against measured results.
 
-    Accuracy comparisons are paired: rows are compared only when they share seed, task,
-    train/test sets, method and protocol (and, between methods, the noise setting). Each
-    comparison reports the mean paired difference in accuracy points, its standard error
-    ``SE = std(ddof=1) / sqrt(n)``, the pairs that went up and down, and a two-sided sign test.
-    A difference is *real* when ``|mean| > SE_MULTIPLE * SE`` (2 SE, with n >= 2 pairs).
+    Accuracy claims are paired effects (:func:`nmtune.stats.paired_effect` on
+    :func:`nmtune.stats.claim_differences`): the effect in points with its 95% t-interval over
+    seeds, decided "reproduced" / "contradicted" when the interval excludes 0 in / against the
+    claimed direction, "no effect" when TOST places it within ``±effect_size``, else
+    "underpowered" with the seeds that would detect ``effect_size`` points at 80% power.
 
     1. Slight noise helps ID: ID accuracy averaged over ratios in ``SLIGHT_NOISE`` (5-10%)
-       minus 0%, pooled over methods: "reproduced" if real and positive, "not reproduced" if
-       real and negative, else "inconclusive".
-    2. Noise hurts OOD: OOD accuracy at each noise type's highest ratio minus 0%, and the
-       Spearman correlation of accuracy with noise ratio (accuracy centred within each
-       task x method x protocol series): "reproduced" if the difference is real and negative
-       and the correlation negative; "not reproduced" if the difference is real and positive.
+       minus 0%, pooled over methods; claimed positive.
+    2. Noise hurts OOD: OOD accuracy at each noise type's highest ratio minus 0%; claimed
+       negative. The Spearman correlation of accuracy with noise ratio (centred within each
+       task x method x protocol series) is reported beside it.
     3. SVE increases / LSVR decreases with noise (two claims): Spearman correlation of the
        metric with noise ratio over all models (centred within each ``features_of``):
-       "reproduced" if in the claimed direction with ``p < ALPHA`` (0.05), "not reproduced" if
-       opposite with ``p < ALPHA``.
+       "reproduced" if in the claimed direction with ``p < ALPHA`` (0.05), "contradicted" if
+       opposite with ``p < ALPHA``, else "underpowered".
     4. NMTune beats LP and MLP, ID and OOD (two claims): NMTune minus each baseline, paired
-       over all cells (noise setting, seed, task, protocol): "reproduced" if every difference
-       is real and positive, "not reproduced" if any is real and negative.
+       over all cells; "reproduced" if both effects are, otherwise the first of
+       "contradicted", "no effect", "underpowered" that either effect gets.
 
     A claim is "not testable" when the data lacks what it needs (no noise grid, no 0%
     baseline, no OOD rows, no spectrum, a missing method).
@@ -304,20 +292,27 @@ def check_claims(results_df: pd.DataFrame, spectrum_df: pd.DataFrame | None = No
         ``results.csv`` rows (at least ``method`` and ``accuracy``; see :func:`load_results`).
     spectrum_df : DataFrame or None
         ``spectrum.csv`` rows (``noise_ratio``, ``sve``, ``lsvr``, ``features_of``).
+    effect_size : float > 0
+        The smallest effect of interest in points: the equivalence margin and the effect the
+        seeds-needed figure plans for.
 
     Returns
     -------
     list of Claim
         Six claims, in the order above (3 and 4 split in two).
     """
+    if isinstance(effect_size, bool) or not (isinstance(effect_size, int | float)
+                                             and math.isfinite(effect_size) and effect_size > 0):
+        raise NMTuneError(f"effect size must be a positive number of points, got {effect_size!r}")
     notes: list[str] = []
     results = conform_results(results_df, notes)
     spectrum = None if spectrum_df is None else conform_spectrum(spectrum_df, notes)
+    diffs = claim_differences(results)
     return [
-        _claim_slight_noise_helps_id(results),
-        _claim_noise_hurts_ood(results),
+        _claim_slight_noise_helps_id(diffs, effect_size),
+        _claim_noise_hurts_ood(results, diffs, effect_size),
         _claim_spectrum_moves(spectrum, "sve", +1),
         _claim_spectrum_moves(spectrum, "lsvr", -1),
-        _claim_nmtune_wins(results, "id"),
-        _claim_nmtune_wins(results, "ood"),
+        _claim_nmtune_wins(results, diffs, "id", effect_size),
+        _claim_nmtune_wins(results, diffs, "ood", effect_size),
     ]

@@ -78,8 +78,7 @@ class Table:
             cells = []
             for column, value in zip(columns, row, strict=True):
                 # Verdict cells get a colour class: the eye finds the outcome first.
-                verdict = str(value).replace(" ", "-")
-                css = f' class="verdict-{verdict}"' if column == "verdict" else ""
+                css = _verdict_class(str(value)) if column == "verdict" else ""
                 cells.append(f"<td{css}>{html.escape(str(value))}</td>")
             body.append(f"<tr>{''.join(cells)}</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -115,10 +114,18 @@ tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; }
 figcaption { color: #555; font-size: .9em; }
 .verdict-reproduced { color: #11691f; font-weight: bold; }
-.verdict-not-reproduced { color: #a11; font-weight: bold; }
-.verdict-inconclusive { color: #a66800; font-weight: bold; }
+.verdict-contradicted { color: #a11; font-weight: bold; }
+.verdict-no-effect { color: #1f4f91; font-weight: bold; }
+.verdict-underpowered { color: #a66800; font-weight: bold; }
 .verdict-not-testable { color: #666; font-weight: bold; }
 """
+#: Verdicts with a colour; a verdict cell may say more after them ("underpowered: 6 seeds...").
+_VERDICT_CLASSES = ("reproduced", "contradicted", "no effect", "underpowered", "not testable")
+
+
+def _verdict_class(text: str) -> str:
+    verdict = next((v for v in _VERDICT_CLASSES if text.startswith(v)), None)
+    return f' class="verdict-{verdict.replace(" ", "-")}"' if verdict else ""
 
 
 def render_markdown(blocks: list, figure_dir: str) -> str:
