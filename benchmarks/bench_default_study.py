@@ -5,6 +5,9 @@ features) and prints the time per stage from the study's own tables, the total, 
 ratio to the budget. The run is a real study: its report lands beside the results.
 
     python benchmarks/bench_default_study.py [--out DIR] [--config NAME_OR_PATH]
+
+``--config clip`` times the contrastive study the same way (its zero-shot cells appear as
+the method ``zeroshot``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ and ends with the same table:
 
 With ``pretrain: null`` (a real pre-trained backbone such as EfficientNet-Lite0 or MiniLM)
 there is no noise grid: the study compares the tuning methods over seeds on that backbone.
+
+With ``pretrain: {objective: clip, ...}`` each grid point is a contrastive (CLIP) pre-training
+run on image–text pairs (:func:`nmtune.pretrain.pretrain_clip`) with the caption-swap noise of
+``noise: {kind: caption_swap, ratios: [...]}``; its image tower is the backbone whose features
+are measured and tuned, and a ``zeroshot:`` section adds zero-shot classification by prompt
+templates (:mod:`nmtune.zeroshot`) as one more method on the same frozen features.
 """
 
 from __future__ import annotations
@@ -36,12 +42,12 @@ import pandas as pd
 import yaml
 
 from . import __version__
-from ._hashing import json_digest
+from ._hashing import json_digest, sha256_file
 from ._io import write_bytes_atomic, write_json_atomic
 from ._validation import NMTuneError, check_int, check_keys, check_str
 from .environment import environment, pinned_threads
 from .noise import SOURCED_KINDS, NoiseSpec
-from .pretrain import PretrainConfig
+from .pretrain import ClipConfig, PretrainConfig
 from .results import chance_level, tidy_table
 from .tuners import create_tuner, get_tuner, list_tuners
 
@@ -62,6 +68,12 @@ DEFAULT_NOISE_KIND = "symmetric"
 _STUDY_METHOD_KEYS = ("method", "views", "select", "select_val_size")
 #: PretrainConfig fields every grid point fills in; a ``pretrain:`` section may not set them.
 _GRID_PRETRAIN_KEYS = ("backbone", "backbone_kwargs", "noise", "seed", "device")
+#: The same for a contrastive ``pretrain:`` section (``objective: clip``).
+_GRID_CLIP_KEYS = ("backbone", "backbone_kwargs", "caption_swap", "noise_seed", "seed", "device")
+#: The noise kind of contrastive pre-training: captions swapped between pairs.
+CAPTION_SWAP = "caption_swap"
+#: The ``method`` column of zero-shot rows; no tuning method may take the name.
+ZEROSHOT = "zeroshot"
 #: File-based dataset names (``PREFIX:PATH``) and what they hold, known without reading them.
 _FILE_PREFIXES = {"folder": "image", "csv": "text", "jsonl": "text"}
 
@@ -131,6 +143,18 @@ NO_NOISE = NoiseGrid(kind="none")
 
 
 @dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot classification of every task by a CLIP study's text tower.
+
+    ``templates`` are prompts with one ``{}`` for the class name (None: the defaults of
+    :mod:`nmtune.zeroshot`); a class is named as the generated captions name it
+    (:func:`nmtune.data.pairs.noun_phrase`).
+    """
+
+    templates: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class FeaturesConfig:
     """How features are extracted: ``batch_size`` rows per forward pass (memory, not results)."""
 
@@ -173,8 +197,9 @@ class StudyConfig:
     backbone: dict
     tasks: tuple[TaskSpec, ...]
     methods: dict
-    pretrain: PretrainConfig | None = None
+    pretrain: PretrainConfig | ClipConfig | None = None
     noise: NoiseGrid = NO_NOISE
+    zeroshot: ZeroShotConfig | None = None
     features: FeaturesConfig = FeaturesConfig()
     spectrum_of: tuple[SetSpec, ...] = ()
     device: str = "auto"
@@ -186,11 +211,16 @@ class StudyConfig:
 _TOP_KEYS = {f.name for f in dataclasses.fields(StudyConfig)} - {"raw"}
 
 
-def pretrain_config(config: StudyConfig, ratio: float, seed: int) -> PretrainConfig:
+def pretrain_config(config: StudyConfig, ratio: float,
+                    seed: int) -> PretrainConfig | ClipConfig:
     """The pre-training settings of grid point ``(ratio, seed)``: what ``nmtune study`` trains
-    there, and what ``nmtune pretrain --config STUDY`` trains for the same point."""
+    there, and what ``nmtune pretrain --config STUDY`` trains for the same point (a contrastive
+    point swaps ``ratio`` of its captions, drawn with the point's seed)."""
     if config.pretrain is None:
         raise NMTuneError(f"study {config.name!r} has no pretrain section to run")
+    if isinstance(config.pretrain, ClipConfig):
+        return dataclasses.replace(config.pretrain, seed=seed, caption_swap=ratio,
+                                   noise_seed=seed)
     return dataclasses.replace(config.pretrain, seed=seed, noise=config.noise.spec(ratio, seed))
 
 
@@ -343,6 +373,8 @@ def _noise(obj: Any, source: str, pretrain: PretrainConfig | None) -> NoiseGrid:
     ratios = obj.get("ratios", [0.0])
     if not isinstance(ratios, list) or not ratios:
         raise NMTuneError(f"{where}.ratios must be a non-empty list")
+    if isinstance(pretrain, ClipConfig) or kind == CAPTION_SWAP:
+        return _caption_noise(obj, where, pretrain, ratios)
     sourced = kind in SOURCED_KINDS
     allowed = ("0 (clean) or 1 (its noise applied): the kind sets its own noise rate"
                if sourced else "a number in [0, 1)")
@@ -372,30 +404,92 @@ def _noise(obj: Any, source: str, pretrain: PretrainConfig | None) -> NoiseGrid:
     return grid
 
 
-def _pretrain(obj: Any, source: str, backbone: dict, device: str) -> PretrainConfig | None:
-    """The settings every grid point shares; the grid fills in backbone, noise and seed."""
+def _caption_noise(obj: dict, where: str, pretrain, ratios: list) -> NoiseGrid:
+    """The caption-swap grid of a contrastive study: kind ``caption_swap`` (or ``none``, for
+    clean pairs only), ratios in [0, 1)."""
+    kind = obj.get("kind", DEFAULT_NOISE_KIND)
+    if not isinstance(pretrain, ClipConfig):
+        raise NMTuneError(f"{where}: noise kind {CAPTION_SWAP!r} swaps captions: it needs a "
+                          "contrastive pretrain section (objective: clip)")
+    if kind not in (CAPTION_SWAP, "none"):
+        raise NMTuneError(f"{where}: contrastive pre-training takes noise kind {CAPTION_SWAP!r}"
+                          f" (captions swapped between pairs), not {kind!r}")
+    extra = [k for k in ("matrix", "mapping", "cifar_n") if obj.get(k) is not None]
+    if extra:
+        raise NMTuneError(f"{where}: {extra[0]!r} is a label-noise setting; {CAPTION_SWAP} "
+                          "takes only ratios")
+    for r in ratios:
+        if (isinstance(r, bool) or not isinstance(r, int | float)
+                or not (r == 0 if kind == "none" else 0 <= r < 1)):
+            raise NMTuneError(f"{where}: noise ratio {r!r} of kind {kind!r} must be "
+                              + ("0" if kind == "none" else "a number in [0, 1)"))
+    return NoiseGrid(kind=kind, ratios=tuple(float(r) for r in ratios))
+
+
+def _pretrain(obj: Any, source: str, backbone: dict,
+              device: str) -> PretrainConfig | ClipConfig | None:
+    """The settings every grid point shares; the grid fills in backbone, noise and seed.
+
+    ``objective: clip`` makes it a :class:`~nmtune.pretrain.ClipConfig` (contrastive
+    pre-training on image–text pairs); absent or ``supervised``, a
+    :class:`~nmtune.pretrain.PretrainConfig`.
+    """
     where = f"{source}: pretrain"
     if obj is None:
         return None
     if not isinstance(obj, dict):
         raise NMTuneError(f"{where}: expected a mapping of pre-training settings, got {obj!r}")
-    fixed = [k for k in obj if k in _GRID_PRETRAIN_KEYS]
+    objective = obj.get("objective", "supervised")
+    if objective not in ("supervised", "clip"):
+        raise NMTuneError(f"{where}.objective must be 'supervised' or 'clip', got {objective!r}")
+    settings, grid_keys = ((ClipConfig, _GRID_CLIP_KEYS) if objective == "clip"
+                           else (PretrainConfig, _GRID_PRETRAIN_KEYS))
+    obj = {k: v for k, v in obj.items() if k != "objective" or objective == "clip"}
+    fixed = [k for k in obj if k in grid_keys]
     if fixed:
         raise NMTuneError(f"{where}: {fixed[0]!r} is set by the study (from backbone, seeds, "
                           "noise and device), not in the pretrain section")
-    allowed = [f.name for f in dataclasses.fields(PretrainConfig)]
-    check_keys(obj, [k for k in allowed if k not in _GRID_PRETRAIN_KEYS], where)
+    allowed = [f.name for f in dataclasses.fields(settings)]
+    check_keys(obj, [k for k in allowed if k not in grid_keys], where)
     try:
-        config = PretrainConfig.from_dict({
+        config = settings.from_dict({
             **obj, "backbone": backbone["name"],
             "backbone_kwargs": dict(backbone.get("kwargs") or {}), "device": device,
         })
     except NMTuneError as exc:
         raise NMTuneError(f"{where}: {exc}") from None
+    if isinstance(config, ClipConfig):
+        if config.pairs is None:  # else the pairs are files, read (and checked) at preflight
+            _check_modality(config.dataset, backbone, f"{where}.dataset")
+        return config
     _check_modality(config.dataset, backbone, f"{where}.dataset")
     if config.eval_dataset is not None:
         _check_modality(config.eval_dataset, backbone, f"{where}.eval_dataset")
     return config
+
+
+def _zeroshot(obj: Any, source: str, pretrain, methods: dict) -> ZeroShotConfig | None:
+    """Zero-shot settings: only for a contrastive study, whose text tower names the classes."""
+    where = f"{source}: zeroshot"
+    if obj is None:
+        return None
+    obj = _mapping(obj, where, [f.name for f in dataclasses.fields(ZeroShotConfig)])
+    if not isinstance(pretrain, ClipConfig):
+        raise NMTuneError(f"{where}: zero-shot needs a text tower, i.e. a contrastive pretrain "
+                          "section (objective: clip)")
+    if ZEROSHOT in methods:
+        raise NMTuneError(f"{source}: methods.{ZEROSHOT}: the name is taken by the zeroshot "
+                          "section's rows; call the method something else")
+    templates = obj.get("templates")
+    if templates is None:
+        return ZeroShotConfig()
+    if not isinstance(templates, list) or not templates:
+        raise NMTuneError(f"{where}.templates must be a non-empty list of prompts")
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise NMTuneError(f"{where}.templates: each prompt needs exactly one '{{}}' for the "
+                              f"class name, got {t!r}")
+    return ZeroShotConfig(tuple(templates))
 
 
 def _resources(obj: Any, source: str) -> ResourcesConfig:
@@ -449,6 +543,7 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     backbone = _backbone(raw["backbone"], source)
     pretrain = _pretrain(raw.get("pretrain"), source, backbone, device)
     noise = _noise(raw.get("noise"), source, pretrain)
+    methods = _methods(raw["methods"], source, device)
     features = _mapping(raw.get("features") or {}, f"{source}: features",
                         [f.name for f in dataclasses.fields(FeaturesConfig)])
     check_int(features.get("batch_size", 1), f"{source}: features.batch_size", 1)
@@ -460,9 +555,10 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
         seeds=tuple(seeds),
         backbone=backbone,
         tasks=_tasks(raw["tasks"], source, backbone),
-        methods=_methods(raw["methods"], source, device),
+        methods=methods,
         pretrain=pretrain,
         noise=noise,
+        zeroshot=_zeroshot(raw.get("zeroshot"), source, pretrain, methods),
         features=FeaturesConfig(**features),
         spectrum_of=tuple(_set_spec(s, f"{source}: spectrum_of", backbone)
                           for s in spectrum_of),
@@ -627,6 +723,9 @@ def study_cells(config: StudyConfig) -> dict[Cell, tuple[Cell, ...]]:
                     sets = [(task.train, views)] + [(s, 1) for _, _, s in task.evaluations()]
                     graph[Cell("tune", ratio, seed, task=task, method=method)] = (
                         point, *dict.fromkeys(extracts[k] for k in sets))
+                if config.zeroshot is not None:  # scores the test sets only; fits nothing
+                    graph[Cell("tune", ratio, seed, task=task, method=ZEROSHOT)] = (
+                        point, *dict.fromkeys(extracts[s, 1] for _, _, s in task.evaluations()))
     return graph
 
 
@@ -658,6 +757,8 @@ class _Runner:
             return None
         if cell.stage == "spectrum":
             return self.spectrum_cell(point, cell.spec)
+        if cell.method == ZEROSHOT:
+            return self.zeroshot_cells(point, cell.task)
         return self.tune_cells(point, cell.task, cell.method, cell.seed)
 
     # -- stages -----------------------------------------------------------------
@@ -687,19 +788,28 @@ class _Runner:
         if self.cfg.pretrain is None:
             return {"grid": grid, "weights": None, "metrics": None,
                     "identity": self.backbone(None).identity()}
-        from .pretrain import PretrainResult, pretrain
+        from .pretrain import PretrainResult
 
-        run_dir = self.out / "pretrain" / run_name(self.cfg, ratio, seed)
+        if isinstance(self.cfg.pretrain, ClipConfig):
+            from .pretrain import pretrain_clip as train
+        else:
+            from .pretrain import pretrain as train
+
+        run_dir = self.run_dir(ratio, seed)
         finished = PretrainResult(run_dir, {}).metrics_path.is_file()
         if self.cfg.resources.pretrain.gpus > 1 and not finished:
             _torchrun_pretrain(self.cfg, self.out, ratio, seed, run_dir)
-        result = pretrain(pretrain_config(self.cfg, ratio, seed), run_dir, resume=True,
-                          progress=self.progress)
+        result = train(pretrain_config(self.cfg, ratio, seed), run_dir, resume=True,
+                       progress=self.progress)
         metrics = result.metrics
         grid["realised_noise_rate"] = metrics.get("realised_noise_rate", 0.0)
         weights = str(result.backbone_path)
-        return {"grid": grid, "weights": weights, "metrics": metrics,
+        return {"grid": grid, "weights": weights, "metrics": metrics, "run_dir": str(run_dir),
                 "identity": self.backbone(weights).identity()}  # hashes the weights
+
+    def run_dir(self, ratio: float, seed: int) -> Path:
+        """The pre-training run folder of grid point ``(ratio, seed)``."""
+        return self.out / "pretrain" / run_name(self.cfg, ratio, seed)
 
     def features(self, point: dict, spec: SetSpec, views: int = 1):
         """Features and labels of ``spec`` under grid point ``point``'s backbone."""
@@ -745,17 +855,7 @@ class _Runner:
         grid = point["grid"]
 
         def compute():
-            classes = self.dataset(task.train).classes
-            for _, _, spec in task.evaluations():
-                other = self.dataset(spec).classes
-                if other != classes:
-                    # Labels are indices into each set's classes: different class lists would
-                    # silently score a shifted set against the wrong names.
-                    raise NMTuneError(
-                        f"task {task.name!r}: test set {spec.label} has classes "
-                        f"{list(other)[:5]}..., training set {task.train.label} has "
-                        f"{list(classes)[:5]}...; they must be the same list"
-                    )
+            self.task_classes(task)
             X_train, y_train = self.features(point, task.train, views=views)
             tuner = _make_tuner(params, seed, self.cfg.device)
             t0 = time.perf_counter()
@@ -772,17 +872,67 @@ class _Runner:
             for term in ("mse", "cov", "svd"):
                 if term in last:
                     common[f"loss_{term}"] = float(last[term])
-            rows = []
-            for name, kind, spec in task.evaluations():
-                X_test, y_test = self.features(point, spec)
-                rows.append({**common, "task": name, "kind": kind, "test_set": spec.label,
-                             "accuracy": float(tuner.score(np.asarray(X_test), y_test)),
-                             "chance": chance_level(y_test),
-                             "n_test": int(len(y_test))})
-            return {"rows": rows}
+            return {"rows": self.evaluate(point, task, common, tuner.score)}
 
         key = _key(point["identity"], task, method, params, seed, grid)
         return _cached(self.out / "cells" / f"tune-{key}.json", compute, _is_tune_cell)["rows"]
+
+    def zeroshot_cells(self, point: dict, task: TaskSpec) -> list:
+        """Zero-shot classification of the task's ID and OOD test sets by the CLIP model of
+        grid point ``point``: its text tower embeds the prompt templates of each class, its
+        image projection maps the same cached image-tower features the tuned methods see."""
+        from .zeroshot import DEFAULT_TEMPLATES
+
+        templates = self.cfg.zeroshot.templates or DEFAULT_TEMPLATES
+        grid, run_dir = point["grid"], Path(point["run_dir"])
+
+        def compute():
+            from .data.pairs import noun_phrase
+            from .pretrain import load_clip_run
+            from .zeroshot import ZeroShotClassifier, embed_image_features
+
+            classes = self.task_classes(task)
+            t0 = time.perf_counter()
+            model = load_clip_run(run_dir)
+            classifier = ZeroShotClassifier(model, [noun_phrase(c) for c in classes],
+                                            templates).fit()
+            common = {**grid, "train_set": task.train.label, "method": ZEROSHOT,
+                      "protocol": "zero-shot", "selected": "", "views": 1, "n_train": 0,
+                      "fit_seconds": round(time.perf_counter() - t0, 3)}
+            return {"rows": self.evaluate(
+                point, task, common,
+                lambda X, y: classifier.score(embed_image_features(model, X), y))}
+
+        # The image tower's identity does not cover the text tower: the whole model's does.
+        model_digest = sha256_file(run_dir / "model.pt")
+        key = _key(point["identity"], model_digest, task, ZEROSHOT, templates, grid)
+        return _cached(self.out / "cells" / f"zeroshot-{key}.json", compute,
+                       _is_tune_cell)["rows"]
+
+    def task_classes(self, task: TaskSpec) -> tuple[str, ...]:
+        """The task's class names, checked to be the same list in every test set."""
+        classes = self.dataset(task.train).classes
+        for _, _, spec in task.evaluations():
+            other = self.dataset(spec).classes
+            if other != classes:
+                # Labels are indices into each set's classes: different class lists would
+                # silently score a shifted set against the wrong names.
+                raise NMTuneError(
+                    f"task {task.name!r}: test set {spec.label} has classes "
+                    f"{list(other)[:5]}..., training set {task.train.label} has "
+                    f"{list(classes)[:5]}...; they must be the same list"
+                )
+        return classes
+
+    def evaluate(self, point: dict, task: TaskSpec, common: dict, score) -> list[dict]:
+        """One row per ID/OOD test set of ``task``: ``common`` and ``score(X, y)``."""
+        rows = []
+        for name, kind, spec in task.evaluations():
+            X_test, y_test = self.features(point, spec)
+            rows.append({**common, "task": name, "kind": kind, "test_set": spec.label,
+                         "accuracy": float(score(np.asarray(X_test), y_test)),
+                         "chance": chance_level(y_test), "n_test": int(len(y_test))})
+        return rows
 
     # -- the grid ---------------------------------------------------------------
 
@@ -795,8 +945,13 @@ class _Runner:
 
         sets = [s for t in self.cfg.tasks for _, _, s in t.evaluations()] + [
             t.train for t in self.cfg.tasks] + list(self.cfg.spectrum_of)
-        if self.cfg.pretrain is not None:
-            p = self.cfg.pretrain
+        p = self.cfg.pretrain
+        if isinstance(p, ClipConfig):
+            if p.pairs is None:
+                sets.append(SetSpec(p.dataset, p.split))
+            else:
+                _require_pairs(p.pairs)
+        elif p is not None:
             sets.append(SetSpec(p.dataset, p.split))
             sets.append(SetSpec(p.eval_dataset or p.dataset, p.eval_split))
         for spec in dict.fromkeys(sets):
@@ -806,6 +961,17 @@ class _Runner:
             raise NMTuneError(f"backbone {self.cfg.backbone['name']!r} needs: {backbone.install}")
         if self.cfg.noise.cifar_n is not None:
             cifar_n_labels(self.cfg.noise.cifar_n)  # the labels ship in an optional package
+
+
+def _require_pairs(source: str) -> None:
+    """Fail naming the first missing file of a pair table or shard set, before any work."""
+    from .data.pairs import expand_shards
+
+    files = expand_shards(source) if ".tar" in source else [source]
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise NMTuneError(f"pretrain.pairs: {missing[0]} does not exist ({len(missing)} of "
+                          f"{len(files)} pair files missing); see the config's header for the data")
 
 
 def _torchrun_pretrain(config: StudyConfig, out: Path, ratio: float, seed: int,

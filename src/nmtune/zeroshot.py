@@ -4,6 +4,12 @@ Each class gets one weight vector: the text tower embeds the class name in every
 each embedding is L2-normalised, the class's embeddings are averaged and the mean is
 normalised again. An image is scored against class ``k`` by
 ``scale · normalise(image_features) · w_k`` (``scale`` = 100, as CLIP_benchmark does).
+
+From a run folder of ``nmtune pretrain --objective clip``:
+:func:`nmtune.pretrain.load_clip_run` rebuilds the trained model, and
+:func:`embed_image_features` projects the frozen image-tower features that
+the study's feature cache holds into the shared embedding, so zero-shot scores the very
+features the tuned methods are fitted on.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import NMTuneError
 
-__all__ = ["DEFAULT_TEMPLATES", "ZeroShotClassifier", "class_weights", "zeroshot_logits"]
+__all__ = ["DEFAULT_TEMPLATES", "ZeroShotClassifier", "class_weights", "embed_image_features",
+           "zeroshot_logits"]
 
 #: A few of CLIP's ImageNet prompt templates; ``{}`` is replaced by the class name.
 DEFAULT_TEMPLATES = (
@@ -159,3 +166,11 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         finally:
             self.model.train(was_training)
         return torch.cat(parts)
+
+
+@torch.no_grad()
+def embed_image_features(model, features) -> np.ndarray:
+    """Image-tower features (N, D), as the feature cache holds them, projected into the shared
+    embedding (N, E): ``encode_image`` without running the tower again."""
+    x = torch.from_numpy(np.array(features, dtype=np.float32))  # a copy: the cache is read-only
+    return model.image_projection(x.to(model.image_projection.weight.device)).cpu().numpy()

@@ -39,6 +39,7 @@ __all__ = [
     "PairSet",
     "expand_shards",
     "image_attributes",
+    "noun_phrase",
     "open_pairs",
     "read_csv",
     "read_shards",
@@ -421,7 +422,7 @@ def synthetic_pairs(
         raise NMTuneError(f"synthetic pairs need an image data set, {base!r} holds {data.modality}")
     images = np.asarray(data.inputs[:], dtype=np.float32)
     words = _attribute_words(images)
-    nouns = [_noun_phrase(name) for name in data.classes]
+    nouns = [noun_phrase(name) for name in data.classes]
     choice = np.random.default_rng(seed).integers(len(SYNTHETIC_TEMPLATES), size=len(images))
     captions = [
         SYNTHETIC_TEMPLATES[t].format(noun=nouns[y], **{k: v[i] for k, v in words.items()})
@@ -431,7 +432,8 @@ def synthetic_pairs(
     return PairSet(images, captions, data.labels, data.classes, card)
 
 
-def _noun_phrase(class_name: str) -> str:
+def noun_phrase(class_name: str) -> str:
+    """How generated captions name a class: digit classes as "handwritten digit 3"."""
     return f"handwritten digit {class_name}" if class_name.isdigit() else class_name.lower()
 
 

@@ -15,7 +15,8 @@ module         job
 config         :class:`PretrainConfig`, :class:`ClipConfig`, :class:`PretrainResult`
 loop           the supervised loop, top to bottom in :func:`pretrain`
 clip           :func:`train_clip` (the contrastive loop),
-               :func:`pretrain_clip` (its run folder), :func:`export_pairs`
+               :func:`pretrain_clip` (its run folder), :func:`export_pairs`,
+               :func:`load_clip_run` (a finished run's model, for zero-shot)
 inputs         model input: preprocessed once, or a lazy folder streamed; augmentation
 runfiles       claiming the folder, the noise file, checkpoints, final outputs
 distributed    process group, deterministic kernels, batch arithmetic under DDP
@@ -31,11 +32,11 @@ import importlib
 
 from .config import ClipConfig, PretrainConfig, PretrainResult
 
-__all__ = ["ClipConfig", "PretrainConfig", "PretrainResult", "export_pairs", "pretrain",
-           "pretrain_clip", "train_clip"]
+__all__ = ["ClipConfig", "PretrainConfig", "PretrainResult", "export_pairs", "load_clip_run",
+           "pretrain", "pretrain_clip", "train_clip"]
 
 #: Names served from the torch-using modules, imported on first access.
-_LAZY = {"pretrain": "loop", "export_pairs": "clip",
+_LAZY = {"pretrain": "loop", "export_pairs": "clip", "load_clip_run": "clip",
          "pretrain_clip": "clip", "train_clip": "clip"}
 
 

@@ -94,7 +94,9 @@ def config_from_args(args: argparse.Namespace):
     exactly as ``nmtune study`` pre-trains that point (:func:`nmtune.study.pretrain_config`).
     """
     raw = _read_yaml(args.config) if args.config else {}
-    objective = args.objective or raw.pop("objective", "supervised")
+    study_pretrain = raw.get("pretrain") if _is_study(raw) else None
+    objective = (args.objective or raw.pop("objective", None)
+                 or (study_pretrain or {}).get("objective") or "supervised")
     raw.pop("objective", None)
     if objective not in OBJECTIVES:
         raise NMTuneError(f"objective {objective!r} is unknown; choose from {OBJECTIVES}")
@@ -104,7 +106,7 @@ def config_from_args(args: argparse.Namespace):
         if getattr(args, flag) is not None:
             raise NMTuneError(f"--{flag.replace('_', '-')} needs --objective clip")
     noise = parse_noise(args.noise) if args.noise is not None else None
-    if "pretrain" in raw and "backbone" in raw:
+    if _is_study(raw):
         raw = _study_grid_point(raw, args.config, noise, args.seed).to_dict()
         noise = raw["noise"]
     raw.update({k: getattr(args, k) for k in _PLAIN if getattr(args, k) is not None})
@@ -171,6 +173,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _is_study(raw: dict[str, Any]) -> bool:
+    return "pretrain" in raw and "backbone" in raw
+
+
 def _study_grid_point(study: dict[str, Any], path: Path, noise: dict | None, seed: int | None):
     """The pre-training settings of the study's grid point ``(--noise rate, --seed)``; the
     whole study config is checked first, as ``nmtune study`` checks it."""
@@ -195,9 +201,13 @@ _NOT_CLIP = ("eval_dataset", "eval_split", "eval_limit", "optimizer")
 
 
 def _clip_config(raw: dict[str, Any], args: argparse.Namespace):
-    if "pretrain" in raw and "backbone" in raw:
-        raise NMTuneError(f"{args.config} is a study config (supervised pre-training); "
-                          "--objective clip takes a file of ClipConfig settings")
+    if _is_study(raw):  # the contrastive grid point of --noise caption_swap:RATE, --seed
+        noise = parse_noise(args.noise) if args.noise is not None else None
+        point = _study_grid_point(raw, args.config, noise, args.seed)
+        if not isinstance(point, ClipConfig):
+            raise NMTuneError(f"{args.config} is a study config of supervised pre-training; "
+                              "drop --objective clip")
+        raw = point.to_dict()
     for flag in _NOT_CLIP:
         if getattr(args, flag) is not None:
             raise NMTuneError(f"--{flag.replace('_', '-')} does not apply to --objective clip")

@@ -21,6 +21,8 @@ epoch, resumable, ``torchrun``-aware. :func:`pretrain_clip` runs it from a
 
 :func:`export_pairs` writes the very pairs a run trains on (noise included) as WebDataset
 shards and an open_clip CSV, for open_clip's own trainer at GPU scale.
+:func:`load_clip_run` rebuilds a finished run's model from ``config.json`` and ``model.pt``, for
+zero-shot evaluation (:mod:`nmtune.zeroshot`).
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ from .config import ClipConfig, PretrainResult
 from .distributed import deterministic, distributed, local_rows, steps_per_epoch
 from .loop import build_backbone
 from .runfiles import (
+    broken,
     load_checkpoint,
     read_noise,
+    read_run_json,
     run_folder,
     save_checkpoint,
     start_run,
@@ -55,7 +59,8 @@ from .runfiles import (
     write_outputs,
 )
 
-__all__ = ["ClipConfig", "export_pairs", "pretrain_clip", "train_clip"]
+__all__ = ["ClipConfig", "build_clip_model", "export_pairs", "load_clip_run", "pretrain_clip",
+           "train_clip"]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -257,10 +262,7 @@ def pretrain_clip(
 
         # -- model: the registry backbone as image tower, preprocessed by its own recipe.
         seed_everything(config.seed)
-        backbone = build_backbone(config)
-        text = TextTransformer(config.text_width, config.text_layers, config.text_heads,
-                               config.context_length)
-        model = CLIPModel(backbone.module, text, config.embed_dim, image_dim=backbone.feature_dim)
+        model, backbone = build_clip_model(config)
         x = torch.cat([backbone.preprocess(images[i : i + 1024])
                        for i in range(0, len(images), 1024)])
 
@@ -295,6 +297,41 @@ def pretrain_clip(
             write_outputs(result, model.image_tower, rows, metrics)
         ctx.barrier()
     return PretrainResult(result.out_dir, metrics)
+
+
+def build_clip_model(config: ClipConfig) -> tuple[CLIPModel, object]:
+    """The untrained CLIP model of ``config`` and the registry backbone whose module is its
+    image tower (for the backbone's preprocessing and feature width)."""
+    backbone = build_backbone(config)
+    text = TextTransformer(config.text_width, config.text_layers, config.text_heads,
+                           config.context_length)
+    return CLIPModel(backbone.module, text, config.embed_dim,
+                     image_dim=backbone.feature_dim), backbone
+
+
+def load_clip_run(run_dir: str | os.PathLike) -> CLIPModel:
+    """The trained :class:`~nmtune.contrastive.CLIPModel` of a contrastive run folder, on CPU
+    in eval mode: rebuilt from its ``config.json`` and loaded from its ``model.pt``.
+
+    Raises
+    ------
+    NMTuneError
+        When the folder holds no finished contrastive run.
+    """
+    result = PretrainResult(Path(run_dir), {})
+    if not (result.config_path.is_file() and result.model_path.is_file()):
+        raise NMTuneError(f"{run_dir} holds no finished CLIP run (config.json and model.pt); "
+                          "train one with nmtune pretrain --objective clip --out DIR")
+    raw = read_run_json(result.config_path)
+    if raw.get("objective") != "clip":
+        raise NMTuneError(f"{run_dir} holds a supervised run: zero-shot needs a CLIP run")
+    model, _ = build_clip_model(ClipConfig.from_dict({**raw, "device": "cpu"}))
+    try:
+        state = torch.load(result.model_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, ValueError) as exc:  # torn file or another model's weights
+        raise broken(result.model_path, exc) from None
+    return model.eval()
 
 
 def load_pairs(config: ClipConfig) -> tuple[np.ndarray, list[str]]:
