@@ -9,12 +9,13 @@ with the three regulariser weights fixed at 0, the paper's MLP baseline.
 from __future__ import annotations
 
 import copy
-from numbers import Real
+import math
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,10 +33,11 @@ from .base import (
     standardizer,
     stratified_split,
 )
+from .linear import LinearProbe
 
 __all__ = [
-    "MLPProbe", "NMTuneClassifier", "ResidualMLP", "batch_bounds", "fit_memory_bytes",
-    "train_step",
+    "PROTOCOLS", "MLPProbe", "NMTuneClassifier", "ResidualMLP", "batch_bounds",
+    "fit_memory_bytes", "train_step",
 ]
 
 #: Rows per forward pass at predict time: bounds memory for the r·D-wide hidden layer.
@@ -44,7 +46,7 @@ _PREDICT_CHUNK = 4096
 
 class ResidualMLP(nn.Module):
     """``z = s ⊙ MLP(f) + f`` with ``MLP = Linear(D, r·D) → BatchNorm1d → ReLU → Linear(r·D, D)``,
-    ``s`` a learnable 1×D scale initialised to 1, and a linear head on ``z``.
+    ``s`` a learnable 1×D scale, and a linear head on ``z``.
 
     Parameters
     ----------
@@ -54,15 +56,17 @@ class ResidualMLP(nn.Module):
         r, the hidden width as a multiple of D.
     n_classes : int
         Outputs of the head.
+    scale_init : float, default=1.0
+        Initial value of every entry of ``s``: 1 is the authors' model; 0 starts at ``z = f``.
     """
 
-    def __init__(self, dim: int, hidden_ratio: int, n_classes: int):
+    def __init__(self, dim: int, hidden_ratio: int, n_classes: int, scale_init: float = 1.0):
         super().__init__()
         hidden = hidden_ratio * dim
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim)
         )
-        self.scale = nn.Parameter(torch.ones(1, dim))
+        self.scale = nn.Parameter(torch.full((1, dim), float(scale_init)))
         self.head = nn.Linear(dim, n_classes)
 
     def transform(self, f: torch.Tensor) -> torch.Tensor:
@@ -180,7 +184,24 @@ def _check_fit_memory(
     )
 
 
+#: The named presets of the settings a ``None`` leaves to ``protocol``. "authors" is the
+#: paper's procedure (scale 1, random head, 30 epochs, raw weights, no feature-space views);
+#: "default" is what measured best over the real-model pairs of benchmarks/bench_tuners.py
+#: (docs/results.md, "Tuner benchmark").
+PROTOCOLS = {
+    "authors": {"scale_init": 1.0, "head_init": "random", "min_steps": 0, "scale_aware": False,
+                "feature_augment": "none"},
+    "default": {"scale_init": 0.0, "head_init": "probe", "min_steps": 300, "scale_aware": True,
+                "feature_augment": "none"},
+}
+
 _MLP_CONSTRAINTS = {
+    "protocol": [StrOptions(set(PROTOCOLS))],
+    "scale_init": [Real, None],
+    "head_init": [StrOptions({"random", "probe"}), None],
+    "min_steps": [Interval(Integral, 0, None, closed="left"), None],
+    "feature_augment": [StrOptions({"none", "noise", "dropout"}), None],
+    "augment_strength": [Interval(Real, 0, 1, closed="neither")],
     "hidden_ratio": POSITIVE_INT,
     "lr": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE,
@@ -188,9 +209,22 @@ _MLP_CONSTRAINTS = {
     "epochs": POSITIVE_INT,
     "standardize": ["boolean"],
     "validation": [Interval(Real, 0, 1, closed="neither"), None],
+    "n_iter_no_change": [*POSITIVE_INT, None],
     "verbose": ["verbose"],
     **COMMON_CONSTRAINTS,
 }
+
+
+def _head_from_probe(probe: LinearProbe, mean: np.ndarray | None,
+                     scale: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head weight (K×D) and bias (K) that reproduce ``probe``'s logits on ``z = f``, in the
+    model's input space (standardised when ``mean``/``scale`` are given)."""
+    W, b = probe.coef_, probe.intercept_
+    if W.shape[0] == 1:  # binomial: logits [0, x·w + b]
+        W, b = np.vstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
+    if mean is not None:  # x = x_std·scale + mean
+        W, b = W * scale, b + W @ mean
+    return torch.tensor(W, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
 class NMTuneClassifier(FeatureClassifier):
@@ -199,8 +233,11 @@ class NMTuneClassifier(FeatureClassifier):
 
     The terms are those of :mod:`nmtune.objective` (docs/design.md §3.1): consistency of the
     tuned view b with the pre-trained view a, the VICReg covariance penalty over all rows, and
-    the mean top-``top_k`` singular-value ratio of ``z`` (maximised). Defaults are the authors'
-    weights.
+    the mean top-``top_k`` singular-value ratio of ``z`` (maximised). The weights default to
+    the authors'.
+
+    Five settings (the levers) default to None, which takes them from ``protocol``
+    (:data:`PROTOCOLS`); set one to override the preset.
 
     Parameters
     ----------
@@ -208,6 +245,29 @@ class NMTuneClassifier(FeatureClassifier):
         Regulariser weights (:data:`nmtune.objective.AUTHOR_WEIGHTS`).
     top_k : int, default=5
         Singular values in the svd term.
+    protocol : {"default", "authors"}, default="default"
+        The preset of the levers below. "authors" replays the paper's procedure.
+    scale_init : float or None
+        Initial residual scale ``s``: 1 (authors) or 0, so that ``z = f`` at the start.
+    head_init : {"random", "probe"} or None
+        "probe": fit a :class:`~nmtune.tuners.LinearProbe` on the training rows first and
+        start the head from its solution (probe-then-tune); with ``scale_init=0`` the model
+        then starts as the linear probe.
+    min_steps : int or None
+        Optimiser steps at least: ``epochs`` is raised until the fit takes this many steps,
+        so small training sets are not underfitted (0: exactly ``epochs``).
+    scale_aware : bool or None
+        Divide ``w_cov`` by σ⁴, σ² the mean per-feature variance of the training rows, so the
+        authors' weight means on features of any scale what it means on unit-variance ones
+        (the covariance term grows with the fourth power of the scale, CE does not). The
+        consistency and spectrum terms are scale-free. The weights used are in ``weights_``.
+        Applies to :class:`NMTuneClassifier` only.
+    feature_augment : {"none", "noise", "dropout"} or None
+        Views for single-view data: each step's view b is view a plus Gaussian noise of
+        ``augment_strength`` times each feature's standard deviation ("noise"), or view a with
+        a fraction ``augment_strength`` of its entries zeroed and the rest rescaled
+        ("dropout"). Unused when ``X`` holds several views.
+    augment_strength : float, default=0.1
     hidden_ratio : int, default=4
         Hidden width of the MLP as a multiple of D.
     lr : float, default=1e-3
@@ -220,17 +280,18 @@ class NMTuneClassifier(FeatureClassifier):
         Standardise features (mean and scale over all fit rows) before the MLP;
         ``embed`` then returns tuned features in the standardised space. Off by default,
         as the authors feed raw features, and raw did as well or better on backbone features
-        (docs/benchmarks.md). Turn it on for features far from unit scale (raw pixels, say):
-        the covariance term grows with the fourth power of the scale while CE does not, so
-        the regularisers' balance follows the scale.
+        (docs/benchmarks.md).
     validation : float or None, default=None
-        None: the authors' protocol, train on everything and keep the last epoch. A fraction:
-        hold out a stratified validation split, evaluate it after every epoch and keep the
-        weights of the best epoch (first best on ties).
+        None: train on everything and keep the last epoch. A fraction: hold out a stratified
+        validation split, evaluate it after every epoch and keep the weights of the best epoch
+        (first best on ties).
+    n_iter_no_change : int or None, default=None
+        With ``validation``: stop once this many epochs in a row fail to beat the best
+        validation accuracy (early stopping). None trains every epoch.
     device : str, default="auto"
     random_state : int, RandomState or None, default=None
-        Seeds initialisation, batch order, view choice and the validation split; a fixed seed
-        gives identical results on CPU.
+        Seeds initialisation, batch order, view choice, augmentation and the validation split;
+        a fixed seed gives identical results on CPU.
     verbose : bool, default=False
         Show a progress bar over epochs.
 
@@ -241,11 +302,17 @@ class NMTuneClassifier(FeatureClassifier):
     model_ : ResidualMLP
         The trained module (eval mode), on ``device_``.
     device_ : torch.device
+    settings_ : dict
+        The levers as the fit resolved them (``protocol`` filled in).
+    weights_ : tuple of float
+        The regulariser weights the loss used (after ``scale_aware``).
     mean_, scale_ : ndarray of shape (D,) or None
         The standardisation, when ``standardize``.
     history_ : list of dict
         One dict per epoch: ``epoch``, ``loss`` (weighted total) and the unweighted per-step
         means of ``ce``, ``mse``, ``cov``, ``svd``; ``val_accuracy`` with ``validation``.
+    n_steps_ : int
+        Optimiser steps taken.
     best_epoch_ : int
         Epoch (1-based) whose weights were kept.
     validation_indices_ : ndarray of shape (n_val,) or None
@@ -256,6 +323,7 @@ class NMTuneClassifier(FeatureClassifier):
         **_MLP_CONSTRAINTS,
         **{f"w_{term.name}": NON_NEGATIVE for term in REGULARISERS},
         "top_k": POSITIVE_INT,
+        "scale_aware": ["boolean", None],
     }
 
     def __init__(
@@ -264,6 +332,13 @@ class NMTuneClassifier(FeatureClassifier):
         w_cov: float = AUTHOR_WEIGHTS["cov"],
         w_svd: float = AUTHOR_WEIGHTS["svd"],
         top_k: int = 5,
+        protocol: str = "default",
+        scale_init: float | None = None,
+        head_init: str | None = None,
+        min_steps: int | None = None,
+        scale_aware: bool | None = None,
+        feature_augment: str | None = None,
+        augment_strength: float = 0.1,
         hidden_ratio: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -271,6 +346,7 @@ class NMTuneClassifier(FeatureClassifier):
         epochs: int = 30,
         standardize: bool = False,
         validation: float | None = None,
+        n_iter_no_change: int | None = None,
         device: str = "auto",
         random_state=None,
         verbose: bool = False,
@@ -279,31 +355,48 @@ class NMTuneClassifier(FeatureClassifier):
         self.w_cov = w_cov
         self.w_svd = w_svd
         self.top_k = top_k
-        self.hidden_ratio = hidden_ratio
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.standardize = standardize
-        self.validation = validation
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        self.scale_aware = scale_aware
+        MLPProbe.__init__(
+            self, protocol, scale_init, head_init, min_steps, feature_augment, augment_strength,
+            hidden_ratio, lr, weight_decay, batch_size, epochs, standardize, validation,
+            n_iter_no_change, device, random_state, verbose,
+        )
+
+    def _settings(self) -> dict:
+        """The levers: each one set, else the protocol's."""
+        preset = PROTOCOLS[self.protocol]
+        return {name: preset[name] if getattr(self, name, None) is None else getattr(self, name)
+                for name in preset}
 
     def _regularisation(self) -> tuple[tuple[float, ...], int]:
-        """The regulariser weights (in :data:`~nmtune.objective.REGULARISERS` order) and the
-        svd term's top-k that a fit trains with."""
+        """The regulariser weights (in :data:`~nmtune.objective.REGULARISERS` order) as given,
+        and the svd term's top-k that a fit trains with."""
         return tuple(getattr(self, f"w_{term.name}") for term in REGULARISERS), self.top_k
 
     def fit(self, X, y) -> NMTuneClassifier:
-        """Train on features ``X`` (N×D or V×N×D) and labels ``y`` (N).
+        """Train on features and labels.
 
         With V >= 2 views each step draws two distinct views at random (seeded): view a is
         the consistency target, view b is tuned towards it.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, D) or (V, N, D)
+        y : array-like of shape (N,)
+
+        Returns
+        -------
+        self
         """
+        return self._fit(X, y)
+
+    def _fit(self, X, y, probe: LinearProbe | None = None) -> NMTuneClassifier:
+        """``fit``, with ``probe`` (fitted on the same training rows) reused for
+        ``head_init="probe"`` instead of fitting one: the auto tuner shares its LP fits."""
         self._validate_params()
         views, self.classes_, y_index = check_fit_data(X, y)
         self.n_features_in_ = views.shape[2]
+        self.settings_ = self._settings()
         self.device_ = resolve_device(self.device)
         _check_fit_memory(self, views.shape, self.classes_.size)
         if self.device_.type == "cpu":
@@ -318,35 +411,70 @@ class NMTuneClassifier(FeatureClassifier):
             train, self.validation_indices_ = stratified_split(
                 y_index, float(self.validation), seed
             )
+        self.weights_ = self._weights(views[0, train])
 
         data = torch.tensor(views, dtype=torch.float32, device=self.device_)
         labels = torch.as_tensor(y_index, device=self.device_)
         # Seed a private RNG stream: an estimator must not reset its caller's global RNGs.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = ResidualMLP(self.n_features_in_, self.hidden_ratio, self.classes_.size)
+            model = ResidualMLP(self.n_features_in_, self.hidden_ratio, self.classes_.size,
+                                self.settings_["scale_init"])
+        if self.settings_["head_init"] == "probe":
+            if probe is None:
+                probe = LinearProbe(device=self.device, random_state=seed).fit(
+                    views[:, train], y_index[train])
+            with torch.no_grad():
+                model.head.weight[:], model.head.bias[:] = _head_from_probe(
+                    probe, self.mean_, self.scale_)
         self.model_ = model.to(self.device_)
         generator = torch.Generator().manual_seed(seed)
         self._train(data, labels, torch.as_tensor(train), self.validation_indices_, generator)
         self.model_.eval()
         return self
 
+    def _weights(self, rows: np.ndarray) -> tuple[float, ...]:
+        """The regulariser weights of the loss; ``scale_aware`` divides w_cov by σ⁴."""
+        weights, _ = self._regularisation()
+        if not self.settings_.get("scale_aware"):
+            return weights
+        sigma2 = float(rows.var(axis=0, dtype=np.float64).mean()) if rows.shape[0] > 1 else 1.0
+        sigma2 = sigma2 if sigma2 > 0 else 1.0  # constant features: nothing to rescale
+        return tuple(w / sigma2**2 if term.name == "cov" else w
+                     for term, w in zip(REGULARISERS, weights, strict=True))
+
+    def _view_b(self, fa: torch.Tensor, std: torch.Tensor | None,
+                generator: torch.Generator) -> torch.Tensor | None:
+        """A feature-space view of a single-view batch (None: no augmentation)."""
+        kind, p = self.settings_["feature_augment"], float(self.augment_strength)
+        if kind == "noise":
+            return fa + p * std * torch.randn(fa.shape, generator=generator).to(fa.device)
+        if kind == "dropout":
+            keep = torch.rand(fa.shape, generator=generator).to(fa.device) >= p
+            return fa * keep / (1.0 - p)
+        return None
+
     def _train(
         self, data: torch.Tensor, labels: torch.Tensor, train: torch.Tensor,
         val: np.ndarray | None, generator: torch.Generator,
     ) -> None:
-        """AdamW with per-step cosine decay; fills ``history_`` and ``best_epoch_``."""
-        weights, top_k = self._regularisation()
+        """AdamW with per-step cosine decay; fills ``history_``, ``n_steps_``, ``best_epoch_``."""
+        _, top_k = self._regularisation()
+        weights = self.weights_
         bounds = batch_bounds(train.shape[0], self.batch_size)
+        epochs = max(self.epochs, math.ceil(self.settings_["min_steps"] / len(bounds)))
         optimizer = torch.optim.AdamW(
             self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.epochs * len(bounds)
+            optimizer, T_max=epochs * len(bounds)
         )
         n_views = data.shape[0]
-        self.history_, best_state, best_score = [], None, -1.0
-        for epoch in tqdm(range(1, self.epochs + 1), disable=not self.verbose, desc="epochs"):
+        std = data[0, train.to(data.device)].std(dim=0) if train.shape[0] > 1 else None
+        if std is None and self.settings_["feature_augment"] == "noise":
+            std = torch.ones(data.shape[2], device=data.device)
+        self.history_, best_state, best_score, self.n_steps_ = [], None, -1.0, 0
+        for epoch in tqdm(range(1, epochs + 1), disable=not self.verbose, desc="epochs"):
             self.model_.train()
             order = train[torch.randperm(train.shape[0], generator=generator)].to(data.device)
             sums = torch.zeros(len(TERMS), device=data.device)
@@ -356,21 +484,25 @@ class NMTuneClassifier(FeatureClassifier):
                     torch.randperm(n_views, generator=generator)[:2].tolist()
                     if n_views > 1 else (0, 0)
                 )
-                sums += train_step(
-                    self.model_, optimizer, schedule, data[a, idx],
-                    None if a == b else data[b, idx], labels[idx], weights, top_k,
-                )
+                fa = data[a, idx]
+                fb = data[b, idx] if a != b else self._view_b(fa, std, generator)
+                sums += train_step(self.model_, optimizer, schedule, fa, fb, labels[idx],
+                                   weights, top_k)
+            self.n_steps_ += len(bounds)
             means = (sums / len(bounds)).tolist()
             record = {"epoch": epoch, "loss": float(np.dot(means, loss_coefficients(weights))),
                       **dict(zip(TERMS, means, strict=True))}
-            if val is not None:
-                record["val_accuracy"] = self._accuracy(data[0, val], labels[val])
-                if record["val_accuracy"] > best_score:
-                    best_score, self.best_epoch_ = record["val_accuracy"], epoch
-                    best_state = copy.deepcopy(self.model_.state_dict())
             self.history_.append(record)
+            if val is None:
+                continue
+            record["val_accuracy"] = self._accuracy(data[0, val], labels[val])
+            if record["val_accuracy"] > best_score:
+                best_score, self.best_epoch_ = record["val_accuracy"], epoch
+                best_state = copy.deepcopy(self.model_.state_dict())
+            elif self.n_iter_no_change and epoch - self.best_epoch_ >= self.n_iter_no_change:
+                break
         if best_state is None:
-            self.best_epoch_ = self.epochs
+            self.best_epoch_ = epochs
         else:
             self.model_.load_state_dict(best_state)
 
@@ -424,9 +556,12 @@ class MLPProbe(NMTuneClassifier):
 
     Parameters
     ----------
+    protocol, scale_init, head_init, min_steps, feature_augment, augment_strength
+        The preset and the levers, as for :class:`NMTuneClassifier` (``scale_aware`` has
+        nothing to scale here).
     hidden_ratio, lr, weight_decay, batch_size, epochs
         The training settings, as for :class:`NMTuneClassifier`.
-    standardize, validation, device, random_state, verbose
+    standardize, validation, n_iter_no_change, device, random_state, verbose
         As for :class:`NMTuneClassifier`.
 
     Attributes
@@ -439,6 +574,12 @@ class MLPProbe(NMTuneClassifier):
     # scikit-learn reads each class's own signature: this one has no weights to set.
     def __init__(
         self,
+        protocol: str = "default",
+        scale_init: float | None = None,
+        head_init: str | None = None,
+        min_steps: int | None = None,
+        feature_augment: str | None = None,
+        augment_strength: float = 0.1,
         hidden_ratio: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -446,10 +587,17 @@ class MLPProbe(NMTuneClassifier):
         epochs: int = 30,
         standardize: bool = False,
         validation: float | None = None,
+        n_iter_no_change: int | None = None,
         device: str = "auto",
         random_state=None,
         verbose: bool = False,
     ):
+        self.protocol = protocol
+        self.scale_init = scale_init
+        self.head_init = head_init
+        self.min_steps = min_steps
+        self.feature_augment = feature_augment
+        self.augment_strength = augment_strength
         self.hidden_ratio = hidden_ratio
         self.lr = lr
         self.weight_decay = weight_decay
@@ -457,6 +605,7 @@ class MLPProbe(NMTuneClassifier):
         self.epochs = epochs
         self.standardize = standardize
         self.validation = validation
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
