@@ -218,9 +218,10 @@ def measure(pair: Pair, method: str, seed: int, X, y, X_test, y_test, ood) -> di
     if pair.hidden_ratio is not None and name in ("mlp", "nmtune"):
         params["hidden_ratio"] = pair.hidden_ratio
     if pair.hidden_ratio is not None and name == "auto":
-        params["candidates"] = [{"method": "lp"},
-                                {"method": "mlp", "hidden_ratio": pair.hidden_ratio},
-                                {"method": "nmtune", "hidden_ratio": pair.hidden_ratio}]
+        from nmtune.tuners.auto import DEFAULT_CANDIDATES
+
+        params["candidates"] = [c if c["method"] == "lp" else {**c, "hidden_ratio":
+                                pair.hidden_ratio} for c in DEFAULT_CANDIDATES]
     est = create_tuner(name, random_state=seed, device="cpu", **params)
     started = time.perf_counter()
     est.fit(X, y)

@@ -100,7 +100,8 @@ def test_authors_protocol_underfits_the_small_problem_the_defaults_learn(cls):
 def test_subset_predictions_agree_to_float32_rounding(cls):
     # Settings under which scikit-learn's 1e-7 subset check fails on this machine.
     X = 3 * np.random.RandomState(0).uniform(size=(20, 3))
-    est = cls(protocol="authors", hidden_ratio=8, random_state=1, **FAST).fit(X, X[:, 0].astype(int))
+    est = cls(protocol="authors", hidden_ratio=8, random_state=1, **FAST)
+    est.fit(X, X[:, 0].astype(int))
     whole = est.decision_function(X)
     rows = np.concatenate([est.decision_function(x[None]) for x in X])
     np.testing.assert_allclose(rows, whole, rtol=1e-6, atol=1e-6)
@@ -554,23 +555,28 @@ def test_early_stopping_stops_after_n_epochs_without_a_better_validation_score()
         accuracies[best])
 
 
-def test_scale_aware_cov_weight_is_invariant_to_the_feature_scale():
+def test_scale_aware_input_makes_the_cov_term_invariant_to_the_feature_scale():
     X, y = _standardised_blobs(n=200, d=6)
-    X = X @ np.random.default_rng(0).normal(size=(6, 6))  # correlated features: cov term > 0
-    weighted = []
-    for c in (1.0, 10.0):
-        # z = f and lr = 0: the logged cov term is that of the features themselves.
-        est = NMTuneClassifier(scale_aware=True, scale_init=0.0, lr=0.0, epochs=1, batch_size=200,
-                               random_state=0).fit(c * X, y)
-        sigma2 = np.var(c * X, axis=0).mean()
-        assert est.weights_ == pytest.approx((1.0, 0.04 / sigma2**2, 0.001))
-        cov = np.cov(c * X, rowvar=False)
-        assert est.history_[0]["cov"] == pytest.approx(
-            (np.sum(cov**2) - np.sum(np.diag(cov) ** 2)) / 6, rel=1e-4)
-        weighted.append(est.weights_[1] * est.history_[0]["cov"])
-    assert weighted[1] == pytest.approx(weighted[0], rel=1e-4)
-    raw = NMTuneClassifier(protocol="authors", epochs=1).fit(10 * X, y)
-    assert raw.weights_ == (1.0, 0.04, 0.001)
+    X = X @ np.random.default_rng(0).normal(size=(6, 6)) + 3.0  # correlated: cov term > 0
+    terms = {}
+    for aware in (True, False):
+        for c in (1.0, 10.0):
+            # z = f and lr = 0: the logged cov term is that of the model's input.
+            est = NMTuneClassifier(protocol="authors", scale_aware=aware, scale_init=0.0,
+                                   lr=0.0, epochs=1, batch_size=200, random_state=0).fit(c * X, y)
+            sigma = np.sqrt(np.var(c * X, axis=0).mean()) if aware else 1.0
+            if aware:  # one number for every feature, no centring: relative scales are kept
+                np.testing.assert_allclose(est.scale_, np.full(6, sigma))
+                np.testing.assert_array_equal(est.mean_, np.zeros(6))
+            else:
+                assert est.scale_ is None and est.mean_ is None
+            cov = np.cov(c * X / sigma, rowvar=False)
+            assert est.history_[0]["cov"] == pytest.approx(
+                (np.sum(cov**2) - np.sum(np.diag(cov) ** 2)) / 6, rel=1e-4)
+            assert est.weights_ == (1.0, 0.04, 0.001)
+            terms[aware, c] = est.history_[0]["cov"]
+    assert terms[True, 10.0] == pytest.approx(terms[True, 1.0], rel=1e-4)
+    assert terms[False, 10.0] == pytest.approx(1e4 * terms[False, 1.0], rel=1e-3)  # the 4th power
 
 
 @pytest.mark.parametrize("kind", ["noise", "dropout"])

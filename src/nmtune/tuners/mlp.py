@@ -185,21 +185,20 @@ def _check_fit_memory(
 
 
 #: The named presets of the settings a ``None`` leaves to ``protocol``. "authors" is the
-#: paper's procedure (raw features, scale 1, random head, 30 epochs, raw weights, no
-#: feature-space views). "default" starts from the linear probe on standardised features
-#: (z = f and the probe's head) and takes at least 300 steps: the start that passes
-#: scikit-learn's check_estimator and measured level with or above the authors' on the
-#: real-model pairs of benchmarks/bench_tuners.py (docs/results.md, "Tuner benchmark"); the
-#: levers left off there measured worse.
+#: paper's procedure (raw features, scale 1, random head, 30 epochs, no feature-space views).
+#: "default" standardises the features, starts from the linear probe (z = f and the probe's
+#: head) and takes at least 300 steps: the start that passes scikit-learn's check_estimator;
+#: docs/results.md ("Tuner benchmark") has what each lever measured.
 PROTOCOLS = {
-    "authors": {"standardize": False, "scale_init": 1.0, "head_init": "random", "min_steps": 0,
-                "scale_aware": False, "feature_augment": "none"},
-    "default": {"standardize": True, "scale_init": 0.0, "head_init": "probe", "min_steps": 300,
-                "scale_aware": False, "feature_augment": "none"},
+    "authors": {"standardize": False, "scale_aware": False, "scale_init": 1.0,
+                "head_init": "random", "min_steps": 0, "feature_augment": "none"},
+    "default": {"standardize": True, "scale_aware": False, "scale_init": 0.0,
+                "head_init": "probe", "min_steps": 300, "feature_augment": "none"},
 }
 
 _MLP_CONSTRAINTS = {
     "protocol": [StrOptions(set(PROTOCOLS))],
+    "scale_aware": ["boolean", None],
     "scale_init": [Real, None],
     "head_init": [StrOptions({"random", "probe"}), None],
     "min_steps": [Interval(Integral, 0, None, closed="left"), None],
@@ -260,11 +259,12 @@ class NMTuneClassifier(FeatureClassifier):
         Optimiser steps at least: ``epochs`` is raised until the fit takes this many steps,
         so small training sets are not underfitted (0: exactly ``epochs``).
     scale_aware : bool or None
-        Divide ``w_cov`` by σ⁴, σ² the mean per-feature variance of the training rows, so the
-        authors' weight means on features of any scale what it means on unit-variance ones
-        (the covariance term grows with the fourth power of the scale, CE does not). The
-        consistency and spectrum terms are scale-free. The weights used are in ``weights_``.
-        Applies to :class:`NMTuneClassifier` only.
+        Divide the features by one number σ, σ² their mean per-feature variance, before the
+        model (ignored with ``standardize``): the regulariser weights then mean on features of
+        any scale what they mean on unit-variance ones (the covariance term grows with the
+        fourth power of the scale, CE does not; the consistency and spectrum terms are
+        scale-free), and the residual branch, whose output is of order 1, is on the
+        features' scale. Unlike ``standardize`` it keeps the features' relative scales.
     feature_augment : {"none", "noise", "dropout"} or None
         Views for single-view data: each step's view b is view a plus Gaussian noise of
         ``augment_strength`` times each feature's standard deviation ("noise"), or view a with
@@ -309,9 +309,10 @@ class NMTuneClassifier(FeatureClassifier):
     settings_ : dict
         The levers as the fit resolved them (``protocol`` filled in).
     weights_ : tuple of float
-        The regulariser weights the loss used (after ``scale_aware``).
+        The regulariser weights the loss used.
     mean_, scale_ : ndarray of shape (D,) or None
-        The standardisation, when ``standardize``.
+        What the model's input is, ``(X - mean_) / scale_``: per feature with
+        ``standardize``, 0 and σ with ``scale_aware``, None otherwise.
     history_ : list of dict
         One dict per epoch: ``epoch``, ``loss`` (weighted total) and the unweighted per-step
         means of ``ce``, ``mse``, ``cov``, ``svd``; ``val_accuracy`` with ``validation``.
@@ -327,7 +328,6 @@ class NMTuneClassifier(FeatureClassifier):
         **_MLP_CONSTRAINTS,
         **{f"w_{term.name}": NON_NEGATIVE for term in REGULARISERS},
         "top_k": POSITIVE_INT,
-        "scale_aware": ["boolean", None],
     }
 
     def __init__(
@@ -337,10 +337,10 @@ class NMTuneClassifier(FeatureClassifier):
         w_svd: float = AUTHOR_WEIGHTS["svd"],
         top_k: int = 5,
         protocol: str = "default",
+        scale_aware: bool | None = None,
         scale_init: float | None = None,
         head_init: str | None = None,
         min_steps: int | None = None,
-        scale_aware: bool | None = None,
         feature_augment: str | None = None,
         augment_strength: float = 0.1,
         hidden_ratio: int = 4,
@@ -359,11 +359,10 @@ class NMTuneClassifier(FeatureClassifier):
         self.w_cov = w_cov
         self.w_svd = w_svd
         self.top_k = top_k
-        self.scale_aware = scale_aware
         MLPProbe.__init__(
-            self, protocol, scale_init, head_init, min_steps, feature_augment, augment_strength,
-            hidden_ratio, lr, weight_decay, batch_size, epochs, standardize, validation,
-            n_iter_no_change, device, random_state, verbose,
+            self, protocol, scale_aware, scale_init, head_init, min_steps, feature_augment,
+            augment_strength, hidden_ratio, lr, weight_decay, batch_size, epochs, standardize,
+            validation, n_iter_no_change, device, random_state, verbose,
         )
 
     def _settings(self) -> dict:
@@ -416,11 +415,10 @@ class NMTuneClassifier(FeatureClassifier):
         if self.settings_["head_init"] == "probe" and probe is None:
             probe = LinearProbe(device=self.device, random_state=seed).fit(
                 views[:, train], y_index[train])
-        self.mean_ = self.scale_ = None
-        if self.settings_["standardize"]:
-            self.mean_, self.scale_ = standardizer(views.reshape(-1, views.shape[2]))
+        self.mean_, self.scale_ = self._input_scaling(views)
+        if self.mean_ is not None:
             views = (views - self.mean_) / self.scale_
-        self.weights_ = self._weights(views[0, train])
+        self.weights_ = self._regularisation()[0]
 
         data = torch.tensor(views, dtype=torch.float32, device=self.device_)
         labels = torch.as_tensor(y_index, device=self.device_)
@@ -439,15 +437,16 @@ class NMTuneClassifier(FeatureClassifier):
         self.model_.eval()
         return self
 
-    def _weights(self, rows: np.ndarray) -> tuple[float, ...]:
-        """The regulariser weights of the loss; ``scale_aware`` divides w_cov by σ⁴."""
-        weights, _ = self._regularisation()
-        if not self.settings_.get("scale_aware"):
-            return weights
-        sigma2 = float(rows.var(axis=0, dtype=np.float64).mean()) if rows.shape[0] > 1 else 1.0
-        sigma2 = sigma2 if sigma2 > 0 else 1.0  # constant features: nothing to rescale
-        return tuple(w / sigma2**2 if term.name == "cov" else w
-                     for term, w in zip(REGULARISERS, weights, strict=True))
+    def _input_scaling(self, views: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(mean, scale)`` of the model's input ``(X - mean) / scale`` (None: raw X)."""
+        rows = views.reshape(-1, views.shape[2])
+        if self.settings_["standardize"]:
+            return standardizer(rows)
+        if not self.settings_["scale_aware"]:
+            return None, None
+        sigma2 = float(rows.var(axis=0, dtype=np.float64).mean())
+        sigma = np.sqrt(sigma2) if sigma2 > 0 else 1.0  # constant features: nothing to rescale
+        return np.zeros(rows.shape[1]), np.full(rows.shape[1], sigma)
 
     def _view_b(self, fa: torch.Tensor, std: torch.Tensor | None,
                 generator: torch.Generator) -> torch.Tensor | None:
@@ -562,9 +561,8 @@ class MLPProbe(NMTuneClassifier):
 
     Parameters
     ----------
-    protocol, scale_init, head_init, min_steps, feature_augment, augment_strength
-        The preset and the levers, as for :class:`NMTuneClassifier` (``scale_aware`` has
-        nothing to scale here).
+    protocol, scale_aware, scale_init, head_init, min_steps, feature_augment, augment_strength
+        The preset and the levers, as for :class:`NMTuneClassifier`.
     hidden_ratio, lr, weight_decay, batch_size, epochs
         The training settings, as for :class:`NMTuneClassifier`.
     standardize, validation, n_iter_no_change, device, random_state, verbose
@@ -581,6 +579,7 @@ class MLPProbe(NMTuneClassifier):
     def __init__(
         self,
         protocol: str = "default",
+        scale_aware: bool | None = None,
         scale_init: float | None = None,
         head_init: str | None = None,
         min_steps: int | None = None,
@@ -599,6 +598,7 @@ class MLPProbe(NMTuneClassifier):
         verbose: bool = False,
     ):
         self.protocol = protocol
+        self.scale_aware = scale_aware
         self.scale_init = scale_init
         self.head_init = head_init
         self.min_steps = min_steps
