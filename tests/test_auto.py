@@ -140,3 +140,25 @@ def test_packaged_studies_compare_auto_and_replay_the_authors_protocol():
 def test_sklearn_estimator_checks_at_defaults(estimator, check):
     # ~3.5 min on the shared 2-core box: every check fits three folds and a refit.
     check(estimator)
+
+
+def test_nmtune_tune_method_auto(tmp_path, capsys):
+    import json
+
+    from sklearn.datasets import load_digits
+
+    from nmtune._io import save_feature_file
+    from nmtune.cli import main
+
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, train_size=300,
+                                                        random_state=0, stratify=y)
+    save_feature_file(tmp_path / "train.npz", X_train, y_train)
+    save_feature_file(tmp_path / "test.npz", X_test, y_test)
+    code = main(["tune", "--train", str(tmp_path / "train.npz"), "--test",
+                 f"id={tmp_path / 'test.npz'}", "--method", "auto", "--device", "cpu", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    ref = _reference(1.0).fit(X_train, y_train).score(X_test, y_test)
+    assert result["method"] == "auto" and result["tests"]["id"]["accuracy"] >= ref - 0.03
