@@ -263,12 +263,16 @@ def summarise(path: Path) -> None:
                 text = "" if n == 0 else f"{mu:.2f} ± {sd:.2f}" if key != "fit_s" else f"{mu:.2f}"
                 cells.append(text + (f" ({ranks[m]})" if key == "id_acc" and n else ""))
             print(f"| {pair} | " + " | ".join(cells) + " |")
-    means = {m: np.nanmean([cell(p, m, "id_acc")[0] for p in pairs]) for m in methods}
-    print("\nmean ID accuracy over pairs: " + ", ".join(f"{m} {v:.2f}" for m, v in means.items()))
+    # Means over the pairs every method has a row for, so that they compare.
+    common = [p for p in pairs if all(cell(p, m, "id_acc")[2] for m in methods)]
+    means = {m: np.mean([cell(p, m, "id_acc")[0] for p in common]) for m in methods}
+    print(f"\nmean ID accuracy over the {len(common)} pairs with every method: "
+          + ", ".join(f"{m} {v:.2f}" for m, v in means.items()))
     fixed = {m: v for m, v in means.items() if m != "auto"}
-    if "auto" in means:
+    if "auto" in means and common:
         best = max(fixed, key=fixed.get)
-        worst = min((cell(p, "auto", "id_acc")[0] - cell(p, "lp", "id_acc")[0], p) for p in pairs)
+        worst = min((cell(p, "auto", "id_acc")[0] - cell(p, "lp", "id_acc")[0], p)
+                    for p in common)
         print(f"auto {means['auto']:.2f} vs best fixed {best} {fixed[best]:.2f}: "
               f"{means['auto'] - fixed[best]:+.2f} (target >= -0.3); worst pair vs LP "
               f"{worst[0]:+.2f} on {worst[1]} (target >= -1)")
@@ -277,7 +281,7 @@ def summarise(path: Path) -> None:
               f" (target >= 0); nmtune-default - lp {means['nmtune-default'] - means['lp']:+.2f}"
               f" (target >= -0.5)")
     biggest = max(pairs, key=lambda p: max(int(r["n_train"]) for r in rows if r["pair"] == p))
-    if "auto" in methods:
+    if cell(biggest, "auto", "fit_s")[2]:
         ratio = cell(biggest, "auto", "fit_s")[0] / cell(biggest, "lp", "fit_s")[0]
         print(f"largest pair {biggest}: auto fit / LP fit = {ratio:.1f}x (target <= 10x)")
     chosen = [json.loads(r["chose"])["method"] for r in rows if r["method"] == "auto"
