@@ -284,9 +284,33 @@ def summarise(path: Path) -> None:
     if cell(biggest, "auto", "fit_s")[2]:
         ratio = cell(biggest, "auto", "fit_s")[0] / cell(biggest, "lp", "fit_s")[0]
         print(f"largest pair {biggest}: auto fit / LP fit = {ratio:.1f}x (target <= 10x)")
+    verdicts(pairs, methods, lambda p, m: cell(p, m, "id_acc")[0], rows)
     chosen = [json.loads(r["chose"])["method"] for r in rows if r["method"] == "auto"
               and r["chose"]]
     print("auto chose: " + ", ".join(f"{m} {chosen.count(m)}" for m in sorted(set(chosen))))
+
+
+def verdicts(pairs, methods, id_mean, rows) -> None:
+    """Per pair: the winner and its margin, NMTune (authors) against the better of LP and the
+    MLP (authors), the default NMTune and auto against LP, and what auto chose."""
+    print("\n| pair | winner (ID) | margin over 2nd | NMTune-authors − max(LP, MLP-authors) "
+          "| nmtune-default − LP | auto − LP | auto − best | auto chose |")
+    print("|---|---|---|---|---|---|---|---|")
+    for pair in pairs:
+        means = {m: id_mean(pair, m) for m in methods if not np.isnan(id_mean(pair, m))}
+        order = sorted(means, key=lambda m: -means[m])
+        margin = means[order[0]] - means[order[1]] if len(order) > 1 else np.nan
+        base = max(means.get("lp", np.nan), means.get("mlp-authors", np.nan))
+
+        def diff(a, b, means=means):
+            return f"{means[a] - (means[b] if b in means else b):+.2f}" if a in means else ""
+
+        picks = [json.loads(r["chose"])["method"] for r in rows
+                 if r["pair"] == pair and r["method"] == "auto" and r["chose"]]
+        print(f"| {pair} | {order[0]} {means[order[0]]:.2f} | {margin:+.2f} "
+              f"| {diff('nmtune-authors', base)} | {diff('nmtune-default', 'lp')} "
+              f"| {diff('auto', 'lp')} | {diff('auto', order[0])} "
+              f"| {', '.join(sorted(picks))} |")
 
 
 def main() -> None:
