@@ -303,7 +303,8 @@ def verdicts(pairs, methods, id_mean, rows) -> None:
         base = max(means.get("lp", np.nan), means.get("mlp-authors", np.nan))
 
         def diff(a, b, means=means):
-            return f"{means[a] - (means[b] if b in means else b):+.2f}" if a in means else ""
+            ref = means.get(b, np.nan) if isinstance(b, str) else b
+            return f"{means[a] - ref:+.2f}" if a in means and not np.isnan(ref) else ""
 
         picks = [json.loads(r["chose"])["method"] for r in rows
                  if r["pair"] == pair and r["method"] == "auto" and r["chose"]]
