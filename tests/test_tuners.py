@@ -59,8 +59,8 @@ _FLOAT32_REASON = (
     "predictions run in float32 and BLAS sums a row alone in another order than inside a "
     "batch: one row's logits differ from the same row's in the whole set by up to ~2-5e-7 "
     "(measured), and whether the check's 20 rows all land within its 1e-7 absolute depends on "
-    "the fitted weights (it fails for MLPProbe here and for NMTune with other settings); "
-    "test_subset_predictions_agree_to_float32_rounding asserts what does hold"
+    "the fitted weights (at the defaults it passes on this machine; it fails with the settings "
+    "of test_subset_predictions_agree_to_float32_rounding, which asserts what does hold)"
 )
 
 
