@@ -368,7 +368,8 @@ def test_blackbox_config_is_real_text_through_the_local_api():
     assert blackbox.tasks == text.tasks
     assert blackbox.methods == text.methods and blackbox.seeds == text.seeds
     assert len(text.seeds) >= 3 and {"lp", "mlp", "nmtune", "nmtune-2view"} <= set(text.methods)
-    assert blackbox.methods["nmtune-2view"] == {"method": "nmtune", "views": 2}
+    assert blackbox.methods["nmtune-2view"] == {"method": "nmtune", "protocol": "authors",
+                                                "views": 2}
     assert text.backbone["name"] == "minilm"
     assert blackbox.backbone["name"] == "openai:all-MiniLM-L6-v2"
     assert blackbox.backbone["kwargs"]["base_url"] == "http://127.0.0.1:8765/v1"

@@ -12,6 +12,11 @@ objective.
   linear head, trained with cross-entropy plus NMTune's three regularisers.
 - :class:`MLPProbe` (``"mlp"``, :mod:`.mlp`) -- NMTuneClassifier with the regulariser weights
   fixed at 0.
+- :class:`AutoTuner` (``"auto"``, :mod:`.auto`) -- LP, MLP or NMTune, chosen by
+  cross-validation on the training set, the winner refitted on all of it.
+
+``protocol="authors"`` replays the paper's MLP/NMTune procedure; the default protocol starts
+from the linear probe (:data:`PROTOCOLS`).
 
 :mod:`.base` holds the input checks and the classifier face they share, :mod:`.registry` the
 names (:func:`create_tuner`, :func:`list_tuners`). The registry loads without torch; the
@@ -25,6 +30,8 @@ import importlib
 from .registry import TunerSpec, create_tuner, get_tuner, list_tuners, register_tuner
 
 __all__ = [
+    "PROTOCOLS",
+    "AutoTuner",
     "LinearProbe",
     "MLPProbe",
     "NMTuneClassifier",
@@ -41,6 +48,8 @@ __all__ = [
 
 #: The module defining each torch-backed name, imported on first access.
 _LAZY = {
+    "AutoTuner": "auto",
+    "PROTOCOLS": "mlp",
     "LinearProbe": "linear",
     "MLPProbe": "mlp",
     "NMTuneClassifier": "mlp",

@@ -9,12 +9,13 @@ with the three regulariser weights fixed at 0, the paper's MLP baseline.
 from __future__ import annotations
 
 import copy
-from numbers import Real
+import math
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,10 +33,11 @@ from .base import (
     standardizer,
     stratified_split,
 )
+from .linear import LinearProbe
 
 __all__ = [
-    "MLPProbe", "NMTuneClassifier", "ResidualMLP", "batch_bounds", "fit_memory_bytes",
-    "train_step",
+    "PROTOCOLS", "MLPProbe", "NMTuneClassifier", "ResidualMLP", "batch_bounds",
+    "fit_memory_bytes", "train_step",
 ]
 
 #: Rows per forward pass at predict time: bounds memory for the r·D-wide hidden layer.
@@ -44,7 +46,7 @@ _PREDICT_CHUNK = 4096
 
 class ResidualMLP(nn.Module):
     """``z = s ⊙ MLP(f) + f`` with ``MLP = Linear(D, r·D) → BatchNorm1d → ReLU → Linear(r·D, D)``,
-    ``s`` a learnable 1×D scale initialised to 1, and a linear head on ``z``.
+    ``s`` a learnable 1×D scale, and a linear head on ``z``.
 
     Parameters
     ----------
@@ -54,15 +56,17 @@ class ResidualMLP(nn.Module):
         r, the hidden width as a multiple of D.
     n_classes : int
         Outputs of the head.
+    scale_init : float, default=1.0
+        Initial value of every entry of ``s``: 1 is the authors' model; 0 starts at ``z = f``.
     """
 
-    def __init__(self, dim: int, hidden_ratio: int, n_classes: int):
+    def __init__(self, dim: int, hidden_ratio: int, n_classes: int, scale_init: float = 1.0):
         super().__init__()
         hidden = hidden_ratio * dim
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim)
         )
-        self.scale = nn.Parameter(torch.ones(1, dim))
+        self.scale = nn.Parameter(torch.full((1, dim), float(scale_init)))
         self.head = nn.Linear(dim, n_classes)
 
     def transform(self, f: torch.Tensor) -> torch.Tensor:
@@ -180,17 +184,49 @@ def _check_fit_memory(
     )
 
 
+#: The named presets of the settings a ``None`` leaves to ``protocol``. "authors" is the
+#: paper's procedure (raw features, scale 1, random head, 30 epochs, no feature-space views).
+#: "default" standardises the features, starts from the linear probe (z = f and the probe's
+#: head) and takes at least 300 steps: the start that passes scikit-learn's check_estimator;
+#: docs/results.md ("Tuner benchmark") has what each lever measured.
+PROTOCOLS = {
+    "authors": {"standardize": False, "scale_aware": False, "scale_init": 1.0,
+                "head_init": "random", "min_steps": 0, "feature_augment": "none"},
+    "default": {"standardize": True, "scale_aware": False, "scale_init": 0.0,
+                "head_init": "probe", "min_steps": 300, "feature_augment": "none"},
+}
+
 _MLP_CONSTRAINTS = {
+    "protocol": [StrOptions(set(PROTOCOLS))],
+    "scale_aware": ["boolean", None],
+    "scale_init": [Real, None],
+    "head_init": [StrOptions({"random", "probe"}), None],
+    "min_steps": [Interval(Integral, 0, None, closed="left"), None],
+    "feature_augment": [StrOptions({"none", "noise", "dropout"}), None],
+    "augment_strength": [Interval(Real, 0, 1, closed="neither")],
     "hidden_ratio": POSITIVE_INT,
     "lr": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE,
     "batch_size": POSITIVE_INT,
     "epochs": POSITIVE_INT,
-    "standardize": ["boolean"],
+    "standardize": ["boolean", None],
     "validation": [Interval(Real, 0, 1, closed="neither"), None],
+    "n_iter_no_change": [*POSITIVE_INT, None],
     "verbose": ["verbose"],
     **COMMON_CONSTRAINTS,
 }
+
+
+def _head_from_probe(probe: LinearProbe, mean: np.ndarray | None,
+                     scale: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head weight (K×D) and bias (K) that reproduce ``probe``'s logits on ``z = f``, in the
+    model's input space (standardised when ``mean``/``scale`` are given)."""
+    W, b = probe.coef_, probe.intercept_
+    if W.shape[0] == 1:  # binomial: logits [0, x·w + b]
+        W, b = np.vstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
+    if mean is not None:  # x = x_std·scale + mean
+        W, b = W * scale, b + W @ mean
+    return torch.tensor(W, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
 class NMTuneClassifier(FeatureClassifier):
@@ -199,8 +235,11 @@ class NMTuneClassifier(FeatureClassifier):
 
     The terms are those of :mod:`nmtune.objective` (docs/design.md §3.1): consistency of the
     tuned view b with the pre-trained view a, the VICReg covariance penalty over all rows, and
-    the mean top-``top_k`` singular-value ratio of ``z`` (maximised). Defaults are the authors'
-    weights.
+    the mean top-``top_k`` singular-value ratio of ``z`` (maximised). The weights default to
+    the authors'.
+
+    Six settings (the levers) default to None, which takes them from ``protocol``
+    (:data:`PROTOCOLS`); set one to override the preset.
 
     Parameters
     ----------
@@ -208,6 +247,30 @@ class NMTuneClassifier(FeatureClassifier):
         Regulariser weights (:data:`nmtune.objective.AUTHOR_WEIGHTS`).
     top_k : int, default=5
         Singular values in the svd term.
+    protocol : {"default", "authors"}, default="default"
+        The preset of the levers below. "authors" replays the paper's procedure.
+    scale_init : float or None
+        Initial residual scale ``s``: 1 (authors) or 0, so that ``z = f`` at the start.
+    head_init : {"random", "probe"} or None
+        "probe": fit a :class:`~nmtune.tuners.LinearProbe` on the training rows first and
+        start the head from its solution (probe-then-tune); with ``scale_init=0`` the model
+        then starts as the linear probe.
+    min_steps : int or None
+        Optimiser steps at least: ``epochs`` is raised until the fit takes this many steps,
+        so small training sets are not underfitted (0: exactly ``epochs``).
+    scale_aware : bool or None
+        Divide the features by one number σ, σ² their mean per-feature variance, before the
+        model (ignored with ``standardize``): the regulariser weights then mean on features of
+        any scale what they mean on unit-variance ones (the covariance term grows with the
+        fourth power of the scale, CE does not; the consistency and spectrum terms are
+        scale-free), and the residual branch, whose output is of order 1, is on the
+        features' scale. Unlike ``standardize`` it keeps the features' relative scales.
+    feature_augment : {"none", "noise", "dropout"} or None
+        Views for single-view data: each step's view b is view a plus Gaussian noise of
+        ``augment_strength`` times each feature's standard deviation ("noise"), or view a with
+        a fraction ``augment_strength`` of its entries zeroed and the rest rescaled
+        ("dropout"). Unused when ``X`` holds several views.
+    augment_strength : float, default=0.1
     hidden_ratio : int, default=4
         Hidden width of the MLP as a multiple of D.
     lr : float, default=1e-3
@@ -216,21 +279,23 @@ class NMTuneClassifier(FeatureClassifier):
     batch_size : int, default=64
         Samples per step (each contributes one row per view used).
     epochs : int, default=30
-    standardize : bool, default=False
+    standardize : bool or None
         Standardise features (mean and scale over all fit rows) before the MLP;
-        ``embed`` then returns tuned features in the standardised space. Off by default,
-        as the authors feed raw features, and raw did as well or better on backbone features
-        (docs/benchmarks.md). Turn it on for features far from unit scale (raw pixels, say):
-        the covariance term grows with the fourth power of the scale while CE does not, so
-        the regularisers' balance follows the scale.
+        ``embed`` then returns tuned features in the standardised space. The authors feed
+        raw features; the default protocol standardises, which puts the residual branch on
+        the features' scale (an L2-normalised 384-d embedding has entries ~0.05, the MLP's
+        output ~1) and the probe's head on well-conditioned inputs.
     validation : float or None, default=None
-        None: the authors' protocol, train on everything and keep the last epoch. A fraction:
-        hold out a stratified validation split, evaluate it after every epoch and keep the
-        weights of the best epoch (first best on ties).
+        None: train on everything and keep the last epoch. A fraction: hold out a stratified
+        validation split, evaluate it after every epoch and keep the weights of the best epoch
+        (first best on ties).
+    n_iter_no_change : int or None, default=None
+        With ``validation``: stop once this many epochs in a row fail to beat the best
+        validation accuracy (early stopping). None trains every epoch.
     device : str, default="auto"
     random_state : int, RandomState or None, default=None
-        Seeds initialisation, batch order, view choice and the validation split; a fixed seed
-        gives identical results on CPU.
+        Seeds initialisation, batch order, view choice, augmentation and the validation split;
+        a fixed seed gives identical results on CPU.
     verbose : bool, default=False
         Show a progress bar over epochs.
 
@@ -241,11 +306,18 @@ class NMTuneClassifier(FeatureClassifier):
     model_ : ResidualMLP
         The trained module (eval mode), on ``device_``.
     device_ : torch.device
+    settings_ : dict
+        The levers as the fit resolved them (``protocol`` filled in).
+    weights_ : tuple of float
+        The regulariser weights the loss used.
     mean_, scale_ : ndarray of shape (D,) or None
-        The standardisation, when ``standardize``.
+        What the model's input is, ``(X - mean_) / scale_``: per feature with
+        ``standardize``, 0 and σ with ``scale_aware``, None otherwise.
     history_ : list of dict
         One dict per epoch: ``epoch``, ``loss`` (weighted total) and the unweighted per-step
         means of ``ce``, ``mse``, ``cov``, ``svd``; ``val_accuracy`` with ``validation``.
+    n_steps_ : int
+        Optimiser steps taken.
     best_epoch_ : int
         Epoch (1-based) whose weights were kept.
     validation_indices_ : ndarray of shape (n_val,) or None
@@ -264,13 +336,21 @@ class NMTuneClassifier(FeatureClassifier):
         w_cov: float = AUTHOR_WEIGHTS["cov"],
         w_svd: float = AUTHOR_WEIGHTS["svd"],
         top_k: int = 5,
+        protocol: str = "default",
+        scale_aware: bool | None = None,
+        scale_init: float | None = None,
+        head_init: str | None = None,
+        min_steps: int | None = None,
+        feature_augment: str | None = None,
+        augment_strength: float = 0.1,
         hidden_ratio: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         batch_size: int = 64,
         epochs: int = 30,
-        standardize: bool = False,
+        standardize: bool | None = None,
         validation: float | None = None,
+        n_iter_no_change: int | None = None,
         device: str = "auto",
         random_state=None,
         verbose: bool = False,
@@ -279,74 +359,127 @@ class NMTuneClassifier(FeatureClassifier):
         self.w_cov = w_cov
         self.w_svd = w_svd
         self.top_k = top_k
-        self.hidden_ratio = hidden_ratio
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.standardize = standardize
-        self.validation = validation
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        MLPProbe.__init__(
+            self, protocol, scale_aware, scale_init, head_init, min_steps, feature_augment,
+            augment_strength, hidden_ratio, lr, weight_decay, batch_size, epochs, standardize,
+            validation, n_iter_no_change, device, random_state, verbose,
+        )
+
+    def _settings(self) -> dict:
+        """The levers: each one set, else the protocol's."""
+        preset = PROTOCOLS[self.protocol]
+        return {name: preset[name] if getattr(self, name, None) is None else getattr(self, name)
+                for name in preset}
 
     def _regularisation(self) -> tuple[tuple[float, ...], int]:
-        """The regulariser weights (in :data:`~nmtune.objective.REGULARISERS` order) and the
-        svd term's top-k that a fit trains with."""
+        """The regulariser weights (in :data:`~nmtune.objective.REGULARISERS` order) as given,
+        and the svd term's top-k that a fit trains with."""
         return tuple(getattr(self, f"w_{term.name}") for term in REGULARISERS), self.top_k
 
     def fit(self, X, y) -> NMTuneClassifier:
-        """Train on features ``X`` (N×D or V×N×D) and labels ``y`` (N).
+        """Train on features and labels.
 
         With V >= 2 views each step draws two distinct views at random (seeded): view a is
         the consistency target, view b is tuned towards it.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, D) or (V, N, D)
+        y : array-like of shape (N,)
+
+        Returns
+        -------
+        self
         """
+        return self._fit(X, y)
+
+    def _fit(self, X, y, probe: LinearProbe | None = None) -> NMTuneClassifier:
+        """``fit``, with ``probe`` (a :class:`LinearProbe` fitted on the same raw training rows)
+        reused for ``head_init="probe"`` instead of fitting one: the auto tuner shares its LP
+        fits. Without ``validation`` only, since the probe saw every row."""
         self._validate_params()
         views, self.classes_, y_index = check_fit_data(X, y)
         self.n_features_in_ = views.shape[2]
+        self.settings_ = self._settings()
         self.device_ = resolve_device(self.device)
         _check_fit_memory(self, views.shape, self.classes_.size)
         if self.device_.type == "cpu":
             tune_cpu_allocator()
-        self.mean_ = self.scale_ = None
-        if self.standardize:
-            self.mean_, self.scale_ = standardizer(views.reshape(-1, views.shape[2]))
-            views = (views - self.mean_) / self.scale_
         seed = seed_from(self.random_state)
         train, self.validation_indices_ = np.arange(y_index.shape[0]), None
         if self.validation is not None:
             train, self.validation_indices_ = stratified_split(
                 y_index, float(self.validation), seed
             )
+            probe = None  # a shared probe saw the validation rows
+        if self.settings_["head_init"] == "probe" and probe is None:
+            probe = LinearProbe(device=self.device, random_state=seed).fit(
+                views[:, train], y_index[train])
+        self.mean_, self.scale_ = self._input_scaling(views)
+        if self.mean_ is not None:
+            views = (views - self.mean_) / self.scale_
+        self.weights_ = self._regularisation()[0]
 
         data = torch.tensor(views, dtype=torch.float32, device=self.device_)
         labels = torch.as_tensor(y_index, device=self.device_)
         # Seed a private RNG stream: an estimator must not reset its caller's global RNGs.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = ResidualMLP(self.n_features_in_, self.hidden_ratio, self.classes_.size)
+            model = ResidualMLP(self.n_features_in_, self.hidden_ratio, self.classes_.size,
+                                self.settings_["scale_init"])
+        if self.settings_["head_init"] == "probe":
+            with torch.no_grad():
+                model.head.weight[:], model.head.bias[:] = _head_from_probe(
+                    probe, self.mean_, self.scale_)
         self.model_ = model.to(self.device_)
         generator = torch.Generator().manual_seed(seed)
         self._train(data, labels, torch.as_tensor(train), self.validation_indices_, generator)
         self.model_.eval()
         return self
 
+    def _input_scaling(self, views: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(mean, scale)`` of the model's input ``(X - mean) / scale`` (None: raw X)."""
+        rows = views.reshape(-1, views.shape[2])
+        if self.settings_["standardize"]:
+            return standardizer(rows)
+        if not self.settings_["scale_aware"]:
+            return None, None
+        sigma2 = float(rows.var(axis=0, dtype=np.float64).mean())
+        sigma = np.sqrt(sigma2) if sigma2 > 0 else 1.0  # constant features: nothing to rescale
+        return np.zeros(rows.shape[1]), np.full(rows.shape[1], sigma)
+
+    def _view_b(self, fa: torch.Tensor, std: torch.Tensor | None,
+                generator: torch.Generator) -> torch.Tensor | None:
+        """A feature-space view of a single-view batch (None: no augmentation)."""
+        kind, p = self.settings_["feature_augment"], float(self.augment_strength)
+        if kind == "noise":
+            return fa + p * std * torch.randn(fa.shape, generator=generator).to(fa.device)
+        if kind == "dropout":
+            keep = torch.rand(fa.shape, generator=generator).to(fa.device) >= p
+            return fa * keep / (1.0 - p)
+        return None
+
     def _train(
         self, data: torch.Tensor, labels: torch.Tensor, train: torch.Tensor,
         val: np.ndarray | None, generator: torch.Generator,
     ) -> None:
-        """AdamW with per-step cosine decay; fills ``history_`` and ``best_epoch_``."""
-        weights, top_k = self._regularisation()
+        """AdamW with per-step cosine decay; fills ``history_``, ``n_steps_``, ``best_epoch_``."""
+        _, top_k = self._regularisation()
+        weights = self.weights_
         bounds = batch_bounds(train.shape[0], self.batch_size)
+        epochs = max(self.epochs, math.ceil(self.settings_["min_steps"] / len(bounds)))
         optimizer = torch.optim.AdamW(
             self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.epochs * len(bounds)
+            optimizer, T_max=epochs * len(bounds)
         )
         n_views = data.shape[0]
-        self.history_, best_state, best_score = [], None, -1.0
-        for epoch in tqdm(range(1, self.epochs + 1), disable=not self.verbose, desc="epochs"):
+        std = data[0, train.to(data.device)].std(dim=0) if train.shape[0] > 1 else None
+        if std is None and self.settings_["feature_augment"] == "noise":
+            std = torch.ones(data.shape[2], device=data.device)
+        self.history_, best_state, best_score, self.n_steps_ = [], None, -1.0, 0
+        for epoch in tqdm(range(1, epochs + 1), disable=not self.verbose, desc="epochs"):
             self.model_.train()
             order = train[torch.randperm(train.shape[0], generator=generator)].to(data.device)
             sums = torch.zeros(len(TERMS), device=data.device)
@@ -356,21 +489,25 @@ class NMTuneClassifier(FeatureClassifier):
                     torch.randperm(n_views, generator=generator)[:2].tolist()
                     if n_views > 1 else (0, 0)
                 )
-                sums += train_step(
-                    self.model_, optimizer, schedule, data[a, idx],
-                    None if a == b else data[b, idx], labels[idx], weights, top_k,
-                )
+                fa = data[a, idx]
+                fb = data[b, idx] if a != b else self._view_b(fa, std, generator)
+                sums += train_step(self.model_, optimizer, schedule, fa, fb, labels[idx],
+                                   weights, top_k)
+            self.n_steps_ += len(bounds)
             means = (sums / len(bounds)).tolist()
             record = {"epoch": epoch, "loss": float(np.dot(means, loss_coefficients(weights))),
                       **dict(zip(TERMS, means, strict=True))}
-            if val is not None:
-                record["val_accuracy"] = self._accuracy(data[0, val], labels[val])
-                if record["val_accuracy"] > best_score:
-                    best_score, self.best_epoch_ = record["val_accuracy"], epoch
-                    best_state = copy.deepcopy(self.model_.state_dict())
             self.history_.append(record)
+            if val is None:
+                continue
+            record["val_accuracy"] = self._accuracy(data[0, val], labels[val])
+            if record["val_accuracy"] > best_score:
+                best_score, self.best_epoch_ = record["val_accuracy"], epoch
+                best_state = copy.deepcopy(self.model_.state_dict())
+            elif self.n_iter_no_change and epoch - self.best_epoch_ >= self.n_iter_no_change:
+                break
         if best_state is None:
-            self.best_epoch_ = self.epochs
+            self.best_epoch_ = epochs
         else:
             self.model_.load_state_dict(best_state)
 
@@ -424,9 +561,11 @@ class MLPProbe(NMTuneClassifier):
 
     Parameters
     ----------
+    protocol, scale_aware, scale_init, head_init, min_steps, feature_augment, augment_strength
+        The preset and the levers, as for :class:`NMTuneClassifier`.
     hidden_ratio, lr, weight_decay, batch_size, epochs
         The training settings, as for :class:`NMTuneClassifier`.
-    standardize, validation, device, random_state, verbose
+    standardize, validation, n_iter_no_change, device, random_state, verbose
         As for :class:`NMTuneClassifier`.
 
     Attributes
@@ -439,17 +578,32 @@ class MLPProbe(NMTuneClassifier):
     # scikit-learn reads each class's own signature: this one has no weights to set.
     def __init__(
         self,
+        protocol: str = "default",
+        scale_aware: bool | None = None,
+        scale_init: float | None = None,
+        head_init: str | None = None,
+        min_steps: int | None = None,
+        feature_augment: str | None = None,
+        augment_strength: float = 0.1,
         hidden_ratio: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         batch_size: int = 64,
         epochs: int = 30,
-        standardize: bool = False,
+        standardize: bool | None = None,
         validation: float | None = None,
+        n_iter_no_change: int | None = None,
         device: str = "auto",
         random_state=None,
         verbose: bool = False,
     ):
+        self.protocol = protocol
+        self.scale_aware = scale_aware
+        self.scale_init = scale_init
+        self.head_init = head_init
+        self.min_steps = min_steps
+        self.feature_augment = feature_augment
+        self.augment_strength = augment_strength
         self.hidden_ratio = hidden_ratio
         self.lr = lr
         self.weight_decay = weight_decay
@@ -457,6 +611,7 @@ class MLPProbe(NMTuneClassifier):
         self.epochs = epochs
         self.standardize = standardize
         self.validation = validation
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

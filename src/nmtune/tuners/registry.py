@@ -118,3 +118,11 @@ def _nmtune() -> type:
     from .mlp import NMTuneClassifier
 
     return NMTuneClassifier
+
+
+@register_tuner("auto", description="LP, MLP or NMTune, chosen by cross-validation on the "
+                "training set and refitted on all of it")
+def _auto() -> type:
+    from .auto import AutoTuner
+
+    return AutoTuner
