@@ -78,6 +78,7 @@ def test_seeded_runs_agree(run_cli, files):
         (["--test", "{narrow}", "--method", "lp"], "width 10"),
         (["--test", "{id}", "--test", "{id}", "--method", "lp"], "given twice"),
         (["--test", "{id}", "--method", "lp", "--epochs", "3"], "--epochs applies"),
+        (["--test", "{id}", "--method", "auto", "--epochs", "3"], "not auto"),
         (["--test", "{id}", "--method", "mlp", "--epochs", "0"], "--epochs must be"),
     ],
 )

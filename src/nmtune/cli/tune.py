@@ -51,8 +51,9 @@ def _estimator(args: argparse.Namespace):
 
     params = {"random_state": args.seed, "device": args.device}
     if args.epochs is not None:
-        if args.method == "lp":
-            raise NMTuneError("--epochs applies to mlp and nmtune; lp runs L-BFGS to convergence")
+        if args.method not in ("mlp", "nmtune"):
+            raise NMTuneError(f"--epochs applies to mlp and nmtune, not {args.method} (lp runs "
+                              "L-BFGS to convergence; auto sets its candidates' own budgets)")
         if args.epochs < 1:
             raise NMTuneError(f"--epochs must be >= 1, got {args.epochs}")
         params["epochs"] = args.epochs
