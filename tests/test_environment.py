@@ -39,8 +39,8 @@ def test_environment_reports_what_the_libraries_say(monkeypatch):
 
 def test_study_json_records_the_environment(tmp_path, monkeypatch):
     # The record is written whatever the grid computes: skip the work itself.
-    monkeypatch.setattr(study._Runner, "preflight", lambda self: None)
-    monkeypatch.setattr(study, "study_cells", lambda config: {})
+    monkeypatch.setattr(study.StudyRunner, "preflight", lambda self: None)
+    monkeypatch.setattr(study.run, "study_cells", lambda config: {})
     cfg = study.load_config("default")
     study.run_study(cfg, tmp_path, progress=False)
     record = json.loads((tmp_path / "study.json").read_text())

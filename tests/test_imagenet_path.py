@@ -28,7 +28,7 @@ from nmtune.data.lazy import LazyImages, decode_cover_crop
 from nmtune.features import extract
 from nmtune.pretrain import PretrainConfig, pretrain
 from nmtune.pretrain.inputs import Preprocessed, Streamed
-from nmtune.study import PACKAGED_CONFIGS, NoiseGrid, _make_tuner, _Runner, load_config
+from nmtune.study import PACKAGED_CONFIGS, NoiseGrid, StudyRunner, load_config, make_tuner
 
 CLASSES = ("ant", "bee", "cat")
 
@@ -315,7 +315,7 @@ def test_paper_imagenet_config_is_valid():
         90, 256, 0.1, 1e-4)
     assert settings.dataset == "folder:/data/imagenet" and settings.eval_split == "val"
     for params in study.methods.values():
-        _make_tuner(params, seed=0, device="cpu")
+        make_tuner(params, seed=0, device="cpu")
     assert any(task.ood for task in study.tasks)
 
 
@@ -334,7 +334,7 @@ def test_documented_torchrun_command_makes_the_studys_runs(
 
     monkeypatch.setattr(pretrain_mod, "pretrain", capture)
     with pytest.raises(_Stop):
-        _Runner(study, tmp_path, progress=False).pretrain_cell(ratio, seed)
+        StudyRunner(study, tmp_path, progress=False).pretrain_cell(ratio, seed)
     args = build_parser().parse_args([
         "pretrain", "--config", str(PACKAGED_CONFIGS / "paper-imagenet.yaml"),
         "--noise", noise, "--seed", str(seed), "--out", str(tmp_path / "x"),

@@ -127,7 +127,7 @@ def test_ddp_pretraining_launches_the_grid_points_settings(ratio, seed, tmp_path
 
     from nmtune.cli import build_parser
     from nmtune.cli.pretrain import config_from_args
-    from nmtune.study import _torchrun_pretrain, pretrain_config, run_name
+    from nmtune.study import pretrain_config, run_name, torchrun_pretrain
 
     raw = {**TINY, "resources": {"pretrain": {"gpus": 2}}}
     config = config_from_dict(raw)
@@ -136,7 +136,7 @@ def test_ddp_pretraining_launches_the_grid_points_settings(ratio, seed, tmp_path
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: seen.append(cmd) or
                         subprocess.CompletedProcess(cmd, 0, "", ""))
     run_dir = tmp_path / "pretrain" / run_name(config, ratio, seed)
-    _torchrun_pretrain(config, tmp_path, ratio, seed, run_dir)
+    torchrun_pretrain(config, tmp_path, ratio, seed, run_dir)
     cmd = seen[0]
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m"]

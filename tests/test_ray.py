@@ -25,9 +25,9 @@ def _install_faults():
     """Runs in every Ray worker: wraps the atomic writer the study's cells use, so that the
     test's control file can kill the worker or fail a cell after the cell has computed and
     before its record is written (mid-cell)."""
-    import nmtune.study as study
+    import nmtune.study.cells as cells
 
-    real_write = study.write_json_atomic
+    real_write = cells.write_json_atomic
 
     def faulty_write(path, record):
         control_file = Path(os.environ["NMTUNE_TEST_FAULTS"])
@@ -43,7 +43,7 @@ def _install_faults():
                 raise RuntimeError("injected failure")
         return real_write(path, record)
 
-    study.write_json_atomic = faulty_write
+    cells.write_json_atomic = faulty_write
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import yaml
 from nmtune._validation import NMTuneError
 from nmtune.study import (
     PACKAGED_CONFIGS,
-    _make_tuner,
     config_from_dict,
     load_config,
+    make_tuner,
     run_study,
 )
 
@@ -57,12 +57,12 @@ def test_config_errors_name_the_problem(change, match, tiny_study):
 
 
 def test_selection_grid_is_a_validation_search():
-    search = _make_tuner({"method": "nmtune", "select": {"w_cov": [0.0, 0.04]},
-                          "select_val_size": 0.25}, seed=3, device="cpu")
+    search = make_tuner({"method": "nmtune", "select": {"w_cov": [0.0, 0.04]},
+                         "select_val_size": 0.25}, seed=3, device="cpu")
     assert search.param_grid == {"w_cov": [0.0, 0.04]}
     assert search.cv.test_size == 0.25 and search.cv.n_splits == 1
     with pytest.raises(NMTuneError, match="unknown key 'bogus'"):
-        _make_tuner({"method": "lp", "select": {"bogus": [1]}}, seed=0, device="cpu")
+        make_tuner({"method": "lp", "select": {"bogus": [1]}}, seed=0, device="cpu")
 
 
 def test_unknown_config_name_lists_the_packaged_ones():
@@ -120,13 +120,13 @@ def test_a_cell_equals_a_direct_recomputation(tiny_run):
 
 def test_rerun_reuses_every_cell(tiny_run, monkeypatch, tiny_study):
     out, tables = tiny_run
-    import nmtune.study as study
+    import nmtune.study.cells as cells
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached cell was recomputed")
 
     config = config_from_dict(tiny_study)  # builds each method's estimator once, to validate it
-    monkeypatch.setattr(study, "_make_tuner", fail)
+    monkeypatch.setattr(cells, "make_tuner", fail)
     again = run_study(config, out, progress=False)
     pd.testing.assert_frame_equal(again["results"], tables["results"])
 

@@ -173,11 +173,11 @@ def _calibrate_tune(params: dict, d: int, k: int, device: str) -> tuple[float, f
     epoch-based method is fitted for 1 and 2 epochs: its set-up once, plus its epochs times
     the difference.
     """
-    from .study import _make_tuner
+    from .study import make_tuner
 
     k_cal = min(k, CAL_CLASSES)
     X, y = _synthetic(CAL_ROWS, d, k_cal)
-    tuner = _make_tuner(params, seed=0, device=device)
+    tuner = make_tuner(params, seed=0, device=device)
     epochs = tuner.get_params().get("epochs")
     if epochs is None:
         seconds, flops = _fit_cost(tuner, X, y)
