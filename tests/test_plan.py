@@ -143,3 +143,14 @@ def test_ddp_pretraining_launches_the_grid_points_settings(ratio, seed, tmp_path
     args = build_parser().parse_args(["pretrain", *cmd[7:]])
     assert args.out == run_dir
     assert config_from_args(args).to_dict() == pretrain_config(config, ratio, seed).to_dict()
+
+
+def test_blackbox_width_unknown_until_asked(monkeypatch):
+    # An API backbone knows its width only after a request; --plan sends none, so its
+    # spectrum and tuning costs are of unknown size rather than a crash.
+    monkeypatch.setattr(plan_mod, "_calibrate_tune", lambda *a: pytest.fail("calibrated"))
+    p = plan_mod.plan_study(load_config("real-blackbox"))
+    for stage in ("extract", "spectrum", "tune"):
+        cost = p.stages[stage]
+        assert cost.cells > 0 and cost.unknown == cost.cells and cost.flops == 0
+    assert "of unknown size, not counted" in plan_mod.format_plan(p)
