@@ -86,6 +86,12 @@ BAD = [
     ("tasks.0.train", {"dataset": "digits", "limt": 5}, "did you mean 'limit'"),
     ("tasks.0.train", {"dataset": "digits", "limit": 0}, "limit"),
     ("device", 3, "device"),
+    ("device", "tpu", "unknown device 'tpu'"),
+    ("seeds", [2**32], "seeds"),
+    ("seeds", [0, 0], "seeds.*distinct"),
+    ("threads", 10**9, "threads"),
+    ("resources", {"pretrain": {"cpus": float("nan")}}, "cpus"),
+    ("resources", {"tune": {"cpus": float("inf")}}, "cpus"),
 ]
 
 

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import math
 import platform
 import re
 import time
@@ -55,6 +56,7 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 #: A study's name is its output folder under ``nmtune-results/``: plain, so it stays inside.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_MAX_THREADS = 1024  # more than any one machine has cores
 #: The kind of a ``noise:`` section that names none. Run folders, the ``noise_type`` column and
 #: the labels pre-training corrupts all read it from :class:`NoiseGrid`, so they always agree.
 DEFAULT_NOISE_KIND = "symmetric"
@@ -406,7 +408,8 @@ def _resources(obj: Any, source: str) -> ResourcesConfig:
         req = _mapping(req or {}, f"{where}.{stage}", ("cpus", "gpus"))
         for key, low in (("cpus", 0), ("gpus", -1)):
             value = req.get(key, 0 if key == "gpus" else 1)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= low:
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= low):
                 raise NMTuneError(f"{where}.{stage}.{key} must be a number "
                                   f"{'> 0' if key == 'cpus' else '>= 0'}, got {value!r}")
         gpus = req.get("gpus", 0)
@@ -443,9 +446,19 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     if not isinstance(seeds, list) or not seeds:
         raise NMTuneError(f"{source}: 'seeds' must be a non-empty list of integers")
     for s in seeds:
-        check_int(s, f"{source}: seeds", 0)
+        # numpy's and scikit-learn's seeds stop at 2**32 - 1; a repeat would be one run twice.
+        if check_int(s, f"{source}: seeds", 0) >= 2**32:
+            raise NMTuneError(f"{source}: seeds must be below 2**32, got {s}")
+    if len(set(seeds)) < len(seeds):
+        raise NMTuneError(f"{source}: seeds must be distinct, got {seeds}")
     device = check_str(raw.get("device", "auto"), f"{source}: device")
+    if device != "auto":
+        from ._torch import parse_device  # torch only when a device is named
+
+        parse_device(device)
     threads = check_int(raw.get("threads", 1), f"{source}: threads", 1)
+    if threads > _MAX_THREADS:  # OpenMP would try to allocate a stack for each
+        raise NMTuneError(f"{source}: threads must be at most {_MAX_THREADS}, got {threads}")
     backbone = _backbone(raw["backbone"], source)
     pretrain = _pretrain(raw.get("pretrain"), source, backbone, device)
     noise = _noise(raw.get("noise"), source, pretrain)
