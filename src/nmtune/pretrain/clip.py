@@ -309,7 +309,15 @@ def load_pairs(config: ClipConfig) -> tuple[np.ndarray, list[str]]:
     read = list(itertools.islice(open_pairs(config.pairs), config.limit))
     if not read:
         raise NMTuneError(f"{config.pairs} holds no image-text pairs")
-    decoded = [pair.decode() for pair in read]
+    decoded = []
+    for pair in read:
+        if not pair.caption.strip():  # CLIP would learn the image against no text at all
+            raise NMTuneError(f"{config.pairs}: {pair.key}.{pair.ext} has an empty caption")
+        try:
+            decoded.append(pair.decode())
+        except OSError as exc:  # PIL's UnidentifiedImageError and truncated files
+            raise NMTuneError(f"{config.pairs}: {pair.key}.{pair.ext} is not a readable "
+                              f"image ({' '.join(str(exc).split())})") from None
     shapes = sorted({d.shape for d in decoded})
     if len(shapes) > 1:
         raise NMTuneError(f"{config.pairs}: images differ in size ({shapes[0]} and {shapes[-1]}); "
