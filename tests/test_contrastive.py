@@ -429,3 +429,28 @@ def test_bad_pair_files_fail_in_one_line_and_the_fixed_run_may_reuse_the_folder(
     good = _pair_table(tmp_path / "good", [(_png(), "a dog"), (_png(), "a cat")])
     assert cli_main([*argv, "--pairs", good]) == 0, capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["pairs"] == good
+
+
+def test_export_pairs_of_a_limited_table(tmp_path, capsys):
+    from nmtune.cli import main as cli_main
+    from nmtune.data.pairs import read_csv
+
+    table = _pair_table(tmp_path, [(_png(), f"caption {i}") for i in range(5)])
+    out = tmp_path / "export"
+    argv = ["pretrain", "--objective", "clip", "--pairs", table, "--limit", "3", "--quiet"]
+    assert cli_main([*argv, "--export-pairs", str(out)]) == 0, capsys.readouterr().err
+    assert [p.caption for p in read_csv(out / "pairs.csv")] == [f"caption {i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("target", ["a-file", "a-file/below"])
+def test_export_pairs_into_a_file_is_a_one_line_error(tmp_path, capsys, target):
+    from nmtune.cli import main as cli_main
+
+    (tmp_path / "a-file").write_text("taken")
+    table = _pair_table(tmp_path, [(_png(), "a dog"), (_png(), "a cat")])
+    argv = ["pretrain", "--objective", "clip", "--pairs", table, "--quiet",
+            "--export-pairs", str(tmp_path / target)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a-file" in err and "folder" in err and err.count("\n") == 1, err
+    assert (tmp_path / "a-file").read_text() == "taken"

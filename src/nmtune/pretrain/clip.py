@@ -346,6 +346,11 @@ def export_pairs(config: ClipConfig, folder: str | os.PathLike, per_shard: int =
 
     folder = Path(folder)
     _, captions = load_pairs(config)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the path, or a folder above it, is a file
+        raise NMTuneError(f"cannot export pairs into {folder}: {exc.strerror}; give a folder "
+                          "path") from None
     clean = np.asarray(captions, dtype=str)
     write_noise(folder / "noise.npz", clean, lambda c: noisy_captions(config, c), resume=False)
     noise = read_noise(folder / "noise.npz", clean)
@@ -356,7 +361,8 @@ def export_pairs(config: ClipConfig, folder: str | os.PathLike, per_shard: int =
             base = synthetic_pairs(config.dataset, config.split, config.limit, config.seed)
             yield from dataclasses.replace(base, captions=noisy).pairs()
             return
-        for pair, caption in zip(open_pairs(config.pairs), noisy, strict=True):
+        read = itertools.islice(open_pairs(config.pairs), config.limit)  # as load_pairs
+        for pair, caption in zip(read, noisy, strict=True):
             yield Pair(pair.key, pair.image, pair.ext, caption)
 
     pattern = write_shards(pairs(), folder / "shards", per_shard=per_shard)
