@@ -79,6 +79,7 @@ BAD = [
     ("features", 5, "features"),
     ("seeds", [True], "seeds"),
     ("backbone", {"name": "resnet8", "kwargs": {"widht": 4}}, "widht"),
+    ("backbone", {"name": "minilm", "kwargs": {"max_seq_len": 4}}, "did you mean 'max_seq_length'"),
     ("backbone", {"name": "no-such-net"}, "unknown backbone"),
     ("backbone", {"name": "resnet8", "kwarg": {}}, "did you mean 'kwargs'"),
     ("tasks.0.test", {"dataset": "bbc-news", "split": "test"}, "text dataset.*image input"),
