@@ -39,7 +39,7 @@ import yaml
 from . import __version__
 from ._hashing import json_digest
 from ._io import write_bytes_atomic, write_json_atomic
-from ._validation import NMTuneError, check_int, check_keys, check_str
+from ._validation import NMTuneError, check_int, check_keys, check_seed, check_str
 from .environment import environment, pinned_threads
 from .noise import SOURCED_KINDS, NoiseSpec
 from .pretrain import PretrainConfig
@@ -446,10 +446,8 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     if not isinstance(seeds, list) or not seeds:
         raise NMTuneError(f"{source}: 'seeds' must be a non-empty list of integers")
     for s in seeds:
-        # numpy's and scikit-learn's seeds stop at 2**32 - 1; a repeat would be one run twice.
-        if check_int(s, f"{source}: seeds", 0) >= 2**32:
-            raise NMTuneError(f"{source}: seeds must be below 2**32, got {s}")
-    if len(set(seeds)) < len(seeds):
+        check_seed(s, f"{source}: seeds")
+    if len(set(seeds)) < len(seeds):  # a repeat would be one run counted twice
         raise NMTuneError(f"{source}: seeds must be distinct, got {seeds}")
     device = check_str(raw.get("device", "auto"), f"{source}: device")
     if device != "auto":
