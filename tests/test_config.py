@@ -241,3 +241,17 @@ def test_fit_validates_parameters_the_scikit_learn_way(estimator, param):
     with pytest.raises(InvalidParameterError, match=param) as caught:
         eval(estimator).fit(X, y)
     assert isinstance(caught.value, NMTuneError)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"name: x\n  bad: [\n", "not valid YAML"),
+    (b"\xcd\xff\x00binary", "not UTF-8 text"),
+    # YAML keeps the last of two equal keys: the first setting would vanish unread.
+    (b"name: a\nseeds: [0]\nname: b\n", "duplicate key 'name'"),
+])
+def test_unreadable_yaml_is_one_line(tmp_path, content, match):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(NMTuneError, match=match) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

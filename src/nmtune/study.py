@@ -502,13 +502,38 @@ def resolve_config_path(path: str | Path | None) -> Path:
     raise NMTuneError(f"config not found: {path} (packaged configs: {', '.join(names)})")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last, so the first setting would vanish unread)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise _DuplicateKey(f"line {node.value[i][0].start_mark.line + 1}: "
+                                    f"duplicate key {key!r}")
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None) -> StudyConfig:
     """Read and validate a study config (a file path or a packaged config name)."""
     p = resolve_config_path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise NMTuneError(f"{p}: not UTF-8 text; a study config is a YAML file") from None
+    except _DuplicateKey as exc:
+        raise NMTuneError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise NMTuneError(f"{p}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise NMTuneError(f"{p}: not valid YAML{where}: "
+                          f"{getattr(exc, 'problem', None) or ' '.join(str(exc).split())}"
+                          ) from None
     return config_from_dict(raw, source=str(p))
 
 
