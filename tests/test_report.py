@@ -611,3 +611,12 @@ def test_cli_effect_size_reaches_the_verdicts_and_bad_values_exit_2(tmp_path, ca
     err = capsys.readouterr().err
     assert "effect size must be a number of points in (0, 100]" in err and "Traceback" not in err
     assert (tmp_path / "report.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["taken", "taken/below"])
+def test_report_out_on_a_file_is_named(tmp_path, target):
+    write_study(tmp_path, small_results())
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(NMTuneError, match="cannot write the report into .*taken"):
+        run_cli(["report", str(tmp_path), "--out", str(tmp_path / target)])
+    assert (tmp_path / "taken").read_text() == "mine"

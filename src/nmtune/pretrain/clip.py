@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_path, write_json_atomic
+from .._io import atomic_path, make_folder, write_json_atomic
 from .._torch import seed_everything
 from .._validation import NMTuneError, check_int
 from ..contrastive import CLIPModel, TextTransformer, clip_loss
@@ -346,11 +346,7 @@ def export_pairs(config: ClipConfig, folder: str | os.PathLike, per_shard: int =
 
     folder = Path(folder)
     _, captions = load_pairs(config)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # the path, or a folder above it, is a file
-        raise NMTuneError(f"cannot export pairs into {folder}: {exc.strerror}; give a folder "
-                          "path") from None
+    make_folder(folder, "the exported pairs")
     clean = np.asarray(captions, dtype=str)
     write_noise(folder / "noise.npz", clean, lambda c: noisy_captions(config, c), resume=False)
     noise = read_noise(folder / "noise.npz", clean)
