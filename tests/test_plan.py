@@ -154,3 +154,11 @@ def test_blackbox_width_unknown_until_asked(monkeypatch):
         cost = p.stages[stage]
         assert cost.cells > 0 and cost.unknown == cost.cells and cost.flops == 0
     assert "of unknown size, not counted" in plan_mod.format_plan(p)
+
+
+def test_gpu_without_plan_is_refused_before_any_work(tmp_path, run_cli):
+    # --gpu only chooses the plan's GPU: without --plan it was silently ignored and the whole
+    # study ran.
+    code, out, err = run_cli("study", "no-such-config.yaml", "--gpu", "A100", "--out", tmp_path)
+    assert code == 2 and err.strip() == "nmtune study: error: --gpu needs --plan"
+    assert list(tmp_path.iterdir()) == []
