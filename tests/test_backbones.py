@@ -113,6 +113,10 @@ def test_registry_errors_name_the_problem():
         create_backbone("nope")
     with pytest.raises(NMTuneError, match="bad arguments for backbone 'resnet8'"):
         create_backbone("resnet8", depth=3)
+    # Text factories too: a misspelt argument is named before any model loads.
+    for name in ("minilm", "st:some/model"):
+        with pytest.raises(NMTuneError, match=f"bad arguments for backbone '{name}'.*foo"):
+            create_backbone(name, foo=1)
     with pytest.raises(NMTuneError, match="already registered"):
         register_backbone("resnet8", modality="image")(lambda: None)
     assert get_spec("timm:resnet18").name == "timm:"

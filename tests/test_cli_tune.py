@@ -180,3 +180,19 @@ def test_whole_number_float_labels_are_read_as_integers(run_cli, bad_files):
     as_floats = json.loads(out)["tests"]["id"]["accuracy"]
     assert json.loads(run_cli("tune", "--train", bad_files["train"], *argv)[1])["tests"]["id"][
         "accuracy"] == as_floats
+
+
+def test_test_classes_the_training_set_lacks_are_noted(run_cli, files, tmp_path):
+    # Training on digits 0-4 only: a test file of all ten digits can score at most the share
+    # of 0-4, and the output says why instead of printing a low accuracy alone.
+    X, y = load_feature_file(files["train"])[:2]
+    keep = y < 5
+    save_feature_file(tmp_path / "half.npz", X[keep], y[keep])
+    code, out, err = run_cli("tune", "--train", tmp_path / "half.npz", "--test",
+                             f"id={files['id']}", "--method", "lp", "--json")
+    y_test = load_feature_file(files["id"])[1]
+    unseen = int((y_test >= 5).sum())
+    assert code == 0
+    assert err.strip() == (f"note: test 'id' has {unseen} of {len(y_test)} rows in classes the "
+                           "training set lacks ([5, 6, 7, 8, 9]); no tuner can predict them")
+    assert json.loads(out)["tests"]["id"]["accuracy"] <= 1 - unseen / len(y_test)

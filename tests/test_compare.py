@@ -110,3 +110,11 @@ def test_bad_input_exits_2(runs, tmp_path, capsys, make_b, match):
     err = capsys.readouterr().err
     assert err.startswith("nmtune compare: error:") and len(err.strip().splitlines()) == 1
     assert pytest.importorskip("re").search(match, err)
+
+
+def test_a_run_without_an_environment_record_is_not_listed_key_by_key(runs, capsys):
+    # A folder without study.json has no record to compare: not every key listed as "| None".
+    a, b = runs
+    (b / "study.json").unlink()
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "environment differs" not in capsys.readouterr().out

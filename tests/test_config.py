@@ -79,6 +79,7 @@ BAD = [
     ("features", 5, "features"),
     ("seeds", [True], "seeds"),
     ("backbone", {"name": "resnet8", "kwargs": {"widht": 4}}, "widht"),
+    ("backbone", {"name": "minilm", "kwargs": {"max_seq_len": 4}}, "did you mean 'max_seq_length'"),
     ("backbone", {"name": "no-such-net"}, "unknown backbone"),
     ("backbone", {"name": "resnet8", "kwarg": {}}, "did you mean 'kwargs'"),
     ("tasks.0.test", {"dataset": "bbc-news", "split": "test"}, "text dataset.*image input"),
@@ -86,6 +87,12 @@ BAD = [
     ("tasks.0.train", {"dataset": "digits", "limt": 5}, "did you mean 'limit'"),
     ("tasks.0.train", {"dataset": "digits", "limit": 0}, "limit"),
     ("device", 3, "device"),
+    ("device", "tpu", "unknown device 'tpu'"),
+    ("seeds", [2**32], "seeds"),
+    ("seeds", [0, 0], "seeds.*distinct"),
+    ("threads", 10**9, "threads"),
+    ("resources", {"pretrain": {"cpus": float("nan")}}, "cpus"),
+    ("resources", {"tune": {"cpus": float("inf")}}, "cpus"),
 ]
 
 
@@ -234,3 +241,17 @@ def test_fit_validates_parameters_the_scikit_learn_way(estimator, param):
     with pytest.raises(InvalidParameterError, match=param) as caught:
         eval(estimator).fit(X, y)
     assert isinstance(caught.value, NMTuneError)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"name: x\n  bad: [\n", "not valid YAML"),
+    (b"\xcd\xff\x00binary", "not UTF-8 text"),
+    # YAML keeps the last of two equal keys: the first setting would vanish unread.
+    (b"name: a\nseeds: [0]\nname: b\n", "duplicate key 'name'"),
+])
+def test_unreadable_yaml_is_one_line(tmp_path, content, match):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(NMTuneError, match=match) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

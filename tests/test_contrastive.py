@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -384,3 +385,72 @@ def test_export_pairs_writes_what_the_run_trains_on(tmp_path, capsys):
                      "--pairs", str(tmp_path / "export" / "pairs.csv"), "--epochs", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["realised_noise_rate"] == 0
     assert np.load(out / "noise.npz")["clean"].tolist() == trained
+
+
+def _pair_table(tmp_path, rows) -> str:
+    """An open_clip CSV of ``rows`` (image bytes or None for a missing file, caption)."""
+    lines = ["filepath,title"]
+    for i, (data, caption) in enumerate(rows):
+        if data is not None:
+            (tmp_path / f"im{i}.png").write_bytes(data)
+        lines.append(f"im{i}.png,{caption}")
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    return str(tmp_path / "pairs.csv")
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("row", "match"), [
+    ((b"not an image at all", "a cat"), r"pairs.csv: im1.png is not a readable image"),
+    ((None, "a cat"), r"pairs.csv:3: cannot read image"),
+    ((_png(), ""), r"pairs.csv: im1.png has an empty caption"),
+])
+def test_bad_pair_files_fail_in_one_line_and_the_fixed_run_may_reuse_the_folder(
+        tmp_path, capsys, row, match):
+    from nmtune.cli import main as cli_main
+
+    out = tmp_path / "run"
+    bad = _pair_table(tmp_path, [(_png(), "a dog"), row])
+    argv = ["pretrain", "--objective", "clip", "--backbone", "resnet8", "--width", "4",
+            "--epochs", "1", "--batch-size", "2", "--quiet", "--out", str(out)]
+    assert cli_main([*argv, "--pairs", bad]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1, err
+    # Nothing was trained there: a run with other settings may claim the folder.
+    (tmp_path / "good").mkdir()
+    good = _pair_table(tmp_path / "good", [(_png(), "a dog"), (_png(), "a cat")])
+    assert cli_main([*argv, "--pairs", good]) == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["pairs"] == good
+
+
+def test_export_pairs_of_a_limited_table(tmp_path, capsys):
+    from nmtune.cli import main as cli_main
+    from nmtune.data.pairs import read_csv
+
+    table = _pair_table(tmp_path, [(_png(), f"caption {i}") for i in range(5)])
+    out = tmp_path / "export"
+    argv = ["pretrain", "--objective", "clip", "--pairs", table, "--limit", "3", "--quiet"]
+    assert cli_main([*argv, "--export-pairs", str(out)]) == 0, capsys.readouterr().err
+    assert [p.caption for p in read_csv(out / "pairs.csv")] == [f"caption {i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("target", ["a-file", "a-file/below"])
+def test_export_pairs_into_a_file_is_a_one_line_error(tmp_path, capsys, target):
+    from nmtune.cli import main as cli_main
+
+    (tmp_path / "a-file").write_text("taken")
+    table = _pair_table(tmp_path, [(_png(), "a dog"), (_png(), "a cat")])
+    argv = ["pretrain", "--objective", "clip", "--pairs", table, "--quiet",
+            "--export-pairs", str(tmp_path / target)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a-file" in err and "folder" in err and err.count("\n") == 1, err
+    assert (tmp_path / "a-file").read_text() == "taken"

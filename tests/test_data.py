@@ -6,6 +6,7 @@ import argparse
 import gzip
 import importlib.util
 import json
+import re
 import struct
 
 import numpy as np
@@ -216,6 +217,13 @@ def test_subset_is_stratified_and_reproducible():
     assert np.abs(np.bincount(a.labels) - expected).max() < 1  # proportional to the rounding
     rows = {r.tobytes() for r in full.inputs}
     assert all(r.tobytes() in rows for r in a.inputs)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 0.5, True])
+def test_subset_seed_outside_numpys_range_is_named(seed):
+    with pytest.raises(NMTuneError, match=re.escape(f"seed must be an integer in [0, 2**32), "
+                                                    f"got {seed}")):
+        load_dataset("digits", "test", limit=20, seed=seed)
 
 
 def test_subset_leaving_fewer_rows_than_classes_is_a_plain_shuffle():

@@ -90,13 +90,23 @@ def test_cli_reads_a_study_folder(table, tmp_path, capsys):
         (lambda t: t.drop(columns="lsvr"), "lsvr"),
         (lambda t: t[t["seed"] == 0], "2 seeds"),
         (lambda t: t.assign(sve="x"), "finite"),
+        (lambda t: t.assign(noise_ratio=100 * t["noise_ratio"]), r"noise_ratio.*\[0, 1\]"),
+        (lambda t: t.drop(columns="features_of"), "no probe set 'x'"),
     ],
 )
 def test_bad_calibration(table, tmp_path, change, match):
     path = tmp_path / "cal.csv"
     change(table).to_csv(path, index=False)
     with pytest.raises(NMTuneError, match=match):
-        load_calibration(path)
+        load_calibration(path, probe="x" if "probe" in match else None)
+
+
+def test_features_of_another_width_are_refused(table):
+    # A spectrum's SVE and effective rank grow with the width: a 64-d model read against a
+    # 16-d calibration gives a number, but not an estimate.
+    with pytest.raises(NMTuneError, match="64-d.*16-d"):
+        estimate_noise(_features(0.1, 9, d=64), table.assign(d=16))
+    assert 0 <= estimate_noise(_features(0.1, 9), table.assign(d=16)).ratio <= 1
 
 
 def test_unknown_probe_and_missing_file(table, tmp_path):

@@ -143,3 +143,22 @@ def test_ddp_pretraining_launches_the_grid_points_settings(ratio, seed, tmp_path
     args = build_parser().parse_args(["pretrain", *cmd[7:]])
     assert args.out == run_dir
     assert config_from_args(args).to_dict() == pretrain_config(config, ratio, seed).to_dict()
+
+
+def test_blackbox_width_unknown_until_asked(monkeypatch):
+    # An API backbone knows its width only after a request; --plan sends none, so its
+    # spectrum and tuning costs are of unknown size rather than a crash.
+    monkeypatch.setattr(plan_mod, "_calibrate_tune", lambda *a: pytest.fail("calibrated"))
+    p = plan_mod.plan_study(load_config("real-blackbox"))
+    for stage in ("extract", "spectrum", "tune"):
+        cost = p.stages[stage]
+        assert cost.cells > 0 and cost.unknown == cost.cells and cost.flops == 0
+    assert "of unknown size, not counted" in plan_mod.format_plan(p)
+
+
+def test_gpu_without_plan_is_refused_before_any_work(tmp_path, run_cli):
+    # --gpu only chooses the plan's GPU: without --plan it was silently ignored and the whole
+    # study ran.
+    code, out, err = run_cli("study", "no-such-config.yaml", "--gpu", "A100", "--out", tmp_path)
+    assert code == 2 and err.strip() == "nmtune study: error: --gpu needs --plan"
+    assert list(tmp_path.iterdir()) == []

@@ -472,3 +472,16 @@ def test_study_config_errors(tmp_path, capsys, change, argv, match):
                      "--quiet"]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("field", ["seed", "subset_seed"])
+@pytest.mark.parametrize("value", [2**32, 10**20])
+def test_seed_past_numpys_range_is_refused_at_once(field, value):
+    # torch.manual_seed overflowed mid-run on 10**20 (a ValueError traceback from the CLI).
+    from nmtune.pretrain import ClipConfig
+
+    with pytest.raises(NMTuneError, match=rf"{field} must be an integer in \[0, 2\*\*32\)"):
+        PretrainConfig(**{**BASE, field: value})
+    if field == "seed":
+        with pytest.raises(NMTuneError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+            ClipConfig(seed=value)

@@ -203,8 +203,9 @@ def test_no_effect_inside_the_stated_margin_only():
 
 
 def test_effect_size_must_be_positive():
-    for bad in (0, -1.0, float("nan"), True):
-        with pytest.raises(NMTuneError, match="effect size must be a positive number"):
+    # Accuracies differ by at most 100 points: a larger margin makes "no effect" vacuous.
+    for bad in (0, -1.0, float("nan"), True, 100.5, 1e308):
+        with pytest.raises(NMTuneError, match="effect size must be a number of points in"):
             check_claims(make_results(), effect_size=bad)
 
 
@@ -608,5 +609,14 @@ def test_cli_effect_size_reaches_the_verdicts_and_bad_values_exit_2(tmp_path, ca
     before = (tmp_path / "report.md").read_bytes()
     assert main(["report", str(tmp_path), "--effect-size", "0"]) == 2
     err = capsys.readouterr().err
-    assert "effect size must be a positive number" in err and "Traceback" not in err
+    assert "effect size must be a number of points in (0, 100]" in err and "Traceback" not in err
     assert (tmp_path / "report.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["taken", "taken/below"])
+def test_report_out_on_a_file_is_named(tmp_path, target):
+    write_study(tmp_path, small_results())
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(NMTuneError, match="cannot write the report into .*taken"):
+        run_cli(["report", str(tmp_path), "--out", str(tmp_path / target)])
+    assert (tmp_path / "taken").read_text() == "mine"

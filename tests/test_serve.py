@@ -263,6 +263,10 @@ def test_make_server_checks_its_arguments(server):
     taken = server.server_address[1]
     with pytest.raises(NMTuneError, match=f"cannot listen on 127.0.0.1:{taken}"):
         make_server(HashingBackbone(), port=taken)
+    for port in (-1, 65536, 10**6):  # socket.bind raises OverflowError, not OSError, here
+        with pytest.raises(NMTuneError, match=rf"port must be an integer in \[0, 65535\], "
+                                              rf"got {port}"):
+            make_server(HashingBackbone(), port=port)
 
 
 def test_cli_refuses_an_image_backbone(capsys):

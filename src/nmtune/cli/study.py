@@ -31,20 +31,23 @@ def register(subparsers) -> None:
     p.add_argument("--plan", action="store_true",
                    help="print the cells, their dependencies and each stage's estimated cost "
                    "(FLOPs, memory, CPU and GPU time), then stop: runs and writes nothing")
-    p.add_argument("--gpu", default="H100",
-                   help="with --plan: the GPU to estimate time on (default: %(default)s)")
+    p.add_argument("--gpu", default=None,
+                   help="with --plan: the GPU to estimate time on (default: H100)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._validation import NMTuneError
     from ..report import build_report, summary_table
     from ..study import load_config, run_study
 
+    if args.gpu is not None and not args.plan:  # it would be ignored while the study runs
+        raise NMTuneError("--gpu needs --plan")
     config = load_config(args.config)
     if args.plan:
         from ..plan import format_plan, plan_study
 
-        print(format_plan(plan_study(config, gpu=args.gpu)))
+        print(format_plan(plan_study(config, **({"gpu": args.gpu} if args.gpu else {}))))
         return 0
     out = args.out or Path("nmtune-results") / config.name
     tables = run_study(config, out, progress=not args.quiet, executor=args.executor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     estimator.fit(X_train, y_train)
     fit_seconds = time.perf_counter() - start
+    for name, (_, _, y_test) in tests.items():
+        _note_unseen_classes(name, y_test, estimator.classes_)
     n_classes = len(estimator.classes_)
     result = {
         "method": args.method,
@@ -108,6 +111,18 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(result) if args.json else _format(result))
     return 0
+
+
+def _note_unseen_classes(name: str, y_test, classes) -> None:
+    """Say on stderr when a test set holds classes the fit never saw: its accuracy is then
+    capped below 1 by them, which the number alone does not show."""
+    import numpy as np
+
+    unseen = ~np.isin(y_test, classes)
+    if unseen.any():
+        lacking = np.unique(y_test[unseen]).tolist()
+        print(f"note: test {name!r} has {int(unseen.sum())} of {len(y_test)} rows in classes the "
+              f"training set lacks ({lacking}); no tuner can predict them", file=sys.stderr)
 
 
 def _format(r: dict) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._validation import NMTuneError, check_str
+from .._validation import NMTuneError, check_seed, check_str
 from .base import Dataset
 from .shifts import apply_shift, is_shift, parse_shift
 
@@ -224,6 +224,7 @@ def load_dataset(
     Dataset
         Images float32 (N, C, H, W) in [0, 1], or N texts; labels int64 (N,).
     """
+    check_seed(seed)
     base, shift_specs = _parse(name)
     dataset = _load_base(base, split, options).subset(limit, seed)
     for spec in shift_specs:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_path, write_json_atomic
+from .._io import atomic_path, make_folder, write_json_atomic
 from .._torch import seed_everything
 from .._validation import NMTuneError, check_int
 from ..contrastive import CLIPModel, TextTransformer, clip_loss
@@ -346,7 +346,15 @@ def load_pairs(config: ClipConfig) -> tuple[np.ndarray, list[str]]:
     read = list(itertools.islice(open_pairs(config.pairs), config.limit))
     if not read:
         raise NMTuneError(f"{config.pairs} holds no image-text pairs")
-    decoded = [pair.decode() for pair in read]
+    decoded = []
+    for pair in read:
+        if not pair.caption.strip():  # CLIP would learn the image against no text at all
+            raise NMTuneError(f"{config.pairs}: {pair.key}.{pair.ext} has an empty caption")
+        try:
+            decoded.append(pair.decode())
+        except OSError as exc:  # PIL's UnidentifiedImageError and truncated files
+            raise NMTuneError(f"{config.pairs}: {pair.key}.{pair.ext} is not a readable "
+                              f"image ({' '.join(str(exc).split())})") from None
     shapes = sorted({d.shape for d in decoded})
     if len(shapes) > 1:
         raise NMTuneError(f"{config.pairs}: images differ in size ({shapes[0]} and {shapes[-1]}); "
@@ -375,6 +383,7 @@ def export_pairs(config: ClipConfig, folder: str | os.PathLike, per_shard: int =
 
     folder = Path(folder)
     _, captions = load_pairs(config)
+    make_folder(folder, "the exported pairs")
     clean = np.asarray(captions, dtype=str)
     write_noise(folder / "noise.npz", clean, lambda c: noisy_captions(config, c), resume=False)
     noise = read_noise(folder / "noise.npz", clean)
@@ -385,7 +394,8 @@ def export_pairs(config: ClipConfig, folder: str | os.PathLike, per_shard: int =
             base = synthetic_pairs(config.dataset, config.split, config.limit, config.seed)
             yield from dataclasses.replace(base, captions=noisy).pairs()
             return
-        for pair, caption in zip(open_pairs(config.pairs), noisy, strict=True):
+        read = itertools.islice(open_pairs(config.pairs), config.limit)  # as load_pairs
+        for pair, caption in zip(read, noisy, strict=True):
             yield Pair(pair.key, pair.image, pair.ext, caption)
 
     pattern = write_shards(pairs(), folder / "shards", per_shard=per_shard)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._validation import NMTuneError, check_int, check_keys, check_rate, check_str
+from .._validation import NMTuneError, check_int, check_keys, check_rate, check_seed, check_str
 from ..noise import NoiseSpec
 
 _OPTIMIZERS = ("sgd", "adamw")
@@ -128,8 +128,9 @@ class PretrainConfig(_Settings):
         for name in ("limit", "eval_limit"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, 1)
-        for name in ("seed", "subset_seed", "num_workers"):
-            check_int(getattr(self, name), name, 0)
+        for name in ("seed", "subset_seed"):
+            check_seed(getattr(self, name), name)
+        check_int(self.num_workers, "num_workers", 0)
         if not isinstance(self.augment, bool):
             raise NMTuneError(f"augment must be true or false, got {self.augment!r}")
         if self.optimizer not in _OPTIMIZERS:
@@ -220,8 +221,9 @@ class ClipConfig(_Settings):
             check_int(getattr(self, name), name, 1)
         if self.limit is not None:
             check_int(self.limit, "limit", 1)
-        for name in ("noise_seed", "warmup_steps", "seed"):
-            check_int(getattr(self, name), name, 0)
+        for name in ("noise_seed", "seed"):
+            check_seed(getattr(self, name), name)
+        check_int(self.warmup_steps, "warmup_steps", 0)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise NMTuneError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -58,7 +58,11 @@ def claim_out_dir(result: PretrainResult, config, resume: bool) -> None:
             k for k in set(have) | set(want)
             if k not in PLACEMENT_KEYS and have.get(k) != want.get(k)
         )
-        if diff:
+        # A run that failed before its noise was drawn (a bad data file) trained nothing:
+        # its config.json must not lock the folder against the corrected settings.
+        started = any(p.is_file() for p in (result.noise_path, result.checkpoint_path,
+                                            result.metrics_path, result.backbone_path))
+        if diff and started:
             shown = "; ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff)
             raise NMTuneError(
                 f"{result.out_dir} holds a pre-training run with another config ({shown}); "

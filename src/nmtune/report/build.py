@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats as sps
 
-from .._io import write_bytes_atomic, write_json_atomic
+from .._io import make_folder, write_bytes_atomic, write_json_atomic
 from ..results import StudyResults, load_results
 from .claims import ALPHA, DEFAULT_EFFECT_SIZE, POWER, Claim, check_claims, decision_rules
 from .document import Bullets, Heading, Image, Paragraph, Table, render_html, render_markdown
@@ -203,6 +203,7 @@ def build_report(
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
     name = str(study.meta.get("name") or Path(results_dir).resolve().name)
     claims = check_claims(study.results, study.spectrum, effect_size=effect_size)
+    make_folder(out, "the report")
     summary = summarise_accuracy(study.results)
     blocks = [
         *_header(study, name),

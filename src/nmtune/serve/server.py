@@ -405,6 +405,8 @@ def make_server(
         )
     if api_key is not None and not api_key:
         raise NMTuneError("api_key must be a non-empty string or None")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise NMTuneError(f"port must be an integer in [0, 65535], got {port!r}")
     limits = ServerLimits() if limits is None else limits
     try:
         return EmbeddingServer(

@@ -8,13 +8,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .._validation import NMTuneError, check_int, check_keys, check_str
+from .._validation import NMTuneError, check_int, check_keys, check_seed, check_str
 from ..noise import SOURCED_KINDS, NoiseSpec
 from ..pretrain import ClipConfig, PretrainConfig
 from .config import (
@@ -38,6 +39,7 @@ PACKAGED_CONFIGS = Path(__file__).parents[1] / "configs"
 
 #: A study's name is its output folder under ``nmtune-results/``: plain, so it stays inside.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_MAX_THREADS = 1024  # more than any one machine has cores
 #: PretrainConfig fields every grid point fills in; a ``pretrain:`` section may not set them.
 _GRID_PRETRAIN_KEYS = ("backbone", "backbone_kwargs", "noise", "seed", "device")
 #: The same for a contrastive ``pretrain:`` section (``objective: clip``).
@@ -273,7 +275,8 @@ def _resources(obj: Any, source: str) -> ResourcesConfig:
         req = _mapping(req or {}, f"{where}.{stage}", ("cpus", "gpus"))
         for key, low in (("cpus", 0), ("gpus", -1)):
             value = req.get(key, 0 if key == "gpus" else 1)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= low:
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= low):
                 raise NMTuneError(f"{where}.{stage}.{key} must be a number "
                                   f"{'> 0' if key == 'cpus' else '>= 0'}, got {value!r}")
         gpus = req.get("gpus", 0)
@@ -310,9 +313,17 @@ def config_from_dict(raw: dict, source: str = "config") -> StudyConfig:
     if not isinstance(seeds, list) or not seeds:
         raise NMTuneError(f"{source}: 'seeds' must be a non-empty list of integers")
     for s in seeds:
-        check_int(s, f"{source}: seeds", 0)
+        check_seed(s, f"{source}: seeds")
+    if len(set(seeds)) < len(seeds):  # a repeat would be one run counted twice
+        raise NMTuneError(f"{source}: seeds must be distinct, got {seeds}")
     device = check_str(raw.get("device", "auto"), f"{source}: device")
+    if device != "auto":
+        from .._torch import parse_device  # torch only when a device is named
+
+        parse_device(device)
     threads = check_int(raw.get("threads", 1), f"{source}: threads", 1)
+    if threads > _MAX_THREADS:  # OpenMP would try to allocate a stack for each
+        raise NMTuneError(f"{source}: threads must be at most {_MAX_THREADS}, got {threads}")
     backbone = _backbone(raw["backbone"], source)
     pretrain = _pretrain(raw.get("pretrain"), source, backbone, device)
     noise = _noise(raw.get("noise"), source, pretrain)
@@ -360,11 +371,36 @@ def resolve_config_path(path: str | Path | None) -> Path:
     raise NMTuneError(f"config not found: {path} (packaged configs: {', '.join(names)})")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last, so the first setting would vanish unread)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise _DuplicateKey(f"line {node.value[i][0].start_mark.line + 1}: "
+                                    f"duplicate key {key!r}")
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None) -> StudyConfig:
     """Read and validate a study config (a file path or a packaged config name)."""
     p = resolve_config_path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise NMTuneError(f"{p}: not UTF-8 text; a study config is a YAML file") from None
+    except _DuplicateKey as exc:
+        raise NMTuneError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise NMTuneError(f"{p}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise NMTuneError(f"{p}: not valid YAML{where}: "
+                          f"{getattr(exc, 'problem', None) or ' '.join(str(exc).split())}"
+                          ) from None
     return config_from_dict(raw, source=str(p))
