@@ -196,3 +196,12 @@ def test_test_classes_the_training_set_lacks_are_noted(run_cli, files, tmp_path)
     assert err.strip() == (f"note: test 'id' has {unseen} of {len(y_test)} rows in classes the "
                            "training set lacks ([5, 6, 7, 8, 9]); no tuner can predict them")
     assert json.loads(out)["tests"]["id"]["accuracy"] <= 1 - unseen / len(y_test)
+
+
+def test_one_class_is_named_as_the_user_wrote_it(run_cli, tmp_path):
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    np.savez(tmp_path / "one.npz", features=X, labels=np.zeros(20, dtype=np.int64))
+    path = str(tmp_path / "one.npz")
+    status, _, err = run_cli("tune", "--train", path, "--test", f"id={path}", "--method", "lp")
+    assert status == 2
+    assert "one class only (0)" in err, err

@@ -81,7 +81,7 @@ def check_fit_data(X, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     classes, y_index = np.unique(y, return_inverse=True)
     if classes.size < 2:
         raise NMTuneError(
-            f"labels hold one class only ({classes[0]!r}); a classifier needs at least 2"
+            f"labels hold one class only ({classes[0].item()!r}); a classifier needs at least 2"
         )
     return views, classes, y_index.astype(np.int64)
 
