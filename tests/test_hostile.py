@@ -513,7 +513,8 @@ def test_key_file_is_used_over_the_environment(tmp_path, monkeypatch):
 
 
 def test_server_limits_are_checked():
-    for bad in ({"workers": 0}, {"max_body_bytes": -1}, {"header_timeout": 0}, {"workers": 1.5}):
+    for bad in ({"workers": 0}, {"max_body_bytes": -1}, {"header_timeout": 0}, {"workers": 1.5},
+                {"workers": 100_000}, {"body_timeout": float("inf")}, {"queue_size": 10**9}):
         with pytest.raises(NMTuneError, match=next(iter(bad))):
             ServerLimits(**bad)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -16,6 +17,11 @@ from .._validation import NMTuneError
 MAX_INPUTS = 2048
 #: Request fields the OpenAI embeddings endpoint defines; anything else is refused.
 REQUEST_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+
+#: Upper bounds on the two limits that start threads or hold sockets.
+MAX_WORKERS = 1024
+MAX_QUEUE = 65536
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerLimits:
@@ -57,12 +63,20 @@ class ServerLimits:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            if (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+                    or not math.isfinite(value)):
                 raise NMTuneError(
-                    f"server limit {field.name} must be a positive number, got {value!r}"
+                    f"server limit {field.name} must be a positive finite number, got {value!r}"
                 )
             if field.type == "int" and not isinstance(value, int):
                 raise NMTuneError(f"server limit {field.name} must be an integer, got {value!r}")
+        # Threads and waiting sockets are real resources: a typo of 100000 workers would start
+        # that many threads and lift the memory bound (workers × 3 × body) to hundreds of GB.
+        for name, most in (("workers", MAX_WORKERS), ("queue_size", MAX_QUEUE)):
+            if getattr(self, name) > most:
+                raise NMTuneError(
+                    f"server limit {name} must be at most {most}, got {getattr(self, name)}"
+                )
 
 
 class APIError(Exception):
