@@ -17,8 +17,13 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -142,3 +147,26 @@ def synthetic_results(seeds=(0, 1, 2, 3, 4), shift=None, spread=0.01, rng_seed=0
 @pytest.fixture
 def make_results():
     return synthetic_results
+
+
+def start_study(config: Path, out: Path, env: dict) -> subprocess.Popen:
+    """``nmtune study CONFIG --out OUT`` in a child interpreter (so it can be SIGKILLed)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nmtune", "study", str(config), "--out", str(out), "--quiet",
+         "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_then_resume(config: Path, out: Path, env: dict) -> None:
+    """Start a study, SIGKILL it once its first model is trained and its tuning cells have
+    begun (mid-study), check it left no table, then run it again to the end."""
+    proc = start_study(config, out, env)
+    deadline = time.time() + 300
+    while not list(out.glob("cells/tune-*.json")) and time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("the study finished before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.csv").exists()
+    resumed = start_study(config, out, env)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()

@@ -3,10 +3,6 @@ config errors at load with nothing written, a tiny study end to end with zero-sh
 and resumption after SIGKILL ending in the same table."""
 
 import copy
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import kill_then_resume  # noqa: E402
 from nmtune._validation import NMTuneError
 from nmtune.study import config_from_dict, load_config, run_name, run_study
 
@@ -156,12 +153,6 @@ def test_cli_rejects_a_bad_clip_config_with_exit_2(tmp_path, run_cli):
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def _run_cli(config: Path, out: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nmtune", "study", str(config), "--out",
-                             str(out), "--quiet", "--no-report"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def _table(out: Path) -> pd.DataFrame:
     df = pd.read_csv(out / "results.csv").drop(columns=TIMING, errors="ignore")
     return df.sort_values(list(df.columns)).reset_index(drop=True)
@@ -172,18 +163,7 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_run, child_env)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
     killed_dir = tmp_path / "killed"
-    proc = _run_cli(config, killed_dir, child_env)
-    deadline = time.time() + 300
-    # Kill once the first model is trained and its cells have begun: mid-study.
-    while not list(killed_dir.glob("cells/tune-*.json")) and time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("the study finished before it could be killed")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed_dir / "results.csv").exists()
-    resumed = _run_cli(config, killed_dir, child_env)
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
+    kill_then_resume(config, killed_dir, child_env)
     straight, _ = tiny_run  # the same config run uninterrupted, in this process
     pd.testing.assert_frame_equal(_table(killed_dir), _table(straight))
     assert not list(killed_dir.rglob("*.tmp"))

@@ -2,10 +2,6 @@
 resumption after SIGKILL ending in the same table as an uninterrupted run."""
 
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import kill_then_resume, start_study  # noqa: E402
 from nmtune._validation import NMTuneError
 from nmtune.study import (
     PACKAGED_CONFIGS,
@@ -149,13 +146,9 @@ def test_broken_cell_files_are_recomputed_with_a_warning(tiny_run, tmp_path, con
     pd.testing.assert_frame_equal(again["spectrum"], tables["spectrum"])
 
 
-def _run_cli(config: Path, out: Path, env: dict) -> subprocess.Popen:
-    env = {**env, "NMTUNE_CACHE": str(out / "unused-cache")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "nmtune", "study", str(config), "--out", str(out), "--quiet",
-         "--no-report"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+def _own_cache(env: dict, out: Path) -> dict:
+    """A child's environment with a feature cache of its own (nothing shared between runs)."""
+    return {**env, "NMTUNE_CACHE": str(out / "unused-cache")}
 
 
 def _table(out: Path) -> pd.DataFrame:
@@ -167,22 +160,12 @@ def _table(out: Path) -> pd.DataFrame:
 def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_study, child_env):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_study))
-    straight = _run_cli(config, tmp_path / "straight", child_env)
+    straight_dir = tmp_path / "straight"
+    straight = start_study(config, straight_dir, _own_cache(child_env, straight_dir))
     assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()
 
     killed_dir = tmp_path / "killed"
-    proc = _run_cli(config, killed_dir, child_env)
-    deadline = time.time() + 300
-    # Kill once the first model has finished and tuning has begun: mid-study.
-    while not list(killed_dir.glob("cells/tune-*.json")) and time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("the study finished before it could be killed")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed_dir / "results.csv").exists()
-    resumed = _run_cli(config, killed_dir, child_env)
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
+    kill_then_resume(config, killed_dir, _own_cache(child_env, killed_dir))
     pd.testing.assert_frame_equal(_table(killed_dir), _table(tmp_path / "straight"))
     # Nothing half-written was left behind.
     assert not list(killed_dir.rglob("*.tmp"))
