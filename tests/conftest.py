@@ -170,3 +170,14 @@ def kill_then_resume(config: Path, out: Path, env: dict) -> None:
     assert not (out / "results.csv").exists()
     resumed = start_study(config, out, env)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
+
+
+#: Columns that differ between runs by nature (wall time); everything else must match exactly.
+TIMING = ["fit_seconds", "seconds"]
+
+
+def results_table(out: Path, name: str = "results") -> pd.DataFrame:
+    """``OUT/NAME.csv`` without its timing columns, rows in a fixed order: comparable across
+    runs of one study."""
+    df = pd.read_csv(out / f"{name}.csv").drop(columns=TIMING, errors="ignore")
+    return df.sort_values(list(df.columns)).reset_index(drop=True)

@@ -3,7 +3,6 @@ config errors at load with nothing written, a tiny study end to end with zero-sh
 and resumption after SIGKILL ending in the same table."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import kill_then_resume  # noqa: E402
+from conftest import kill_then_resume, results_table  # noqa: E402
 from nmtune._validation import NMTuneError
 from nmtune.study import config_from_dict, load_config, run_name, run_study
 
@@ -33,7 +32,6 @@ TINY = {
     }],
     "methods": {"lp": {"Cs": 3}, "mlp": {"epochs": 2}, "nmtune": {"epochs": 2}},
 }
-TIMING = ["fit_seconds", "seconds"]
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +151,6 @@ def test_cli_rejects_a_bad_clip_config_with_exit_2(tmp_path, run_cli):
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def _table(out: Path) -> pd.DataFrame:
-    df = pd.read_csv(out / "results.csv").drop(columns=TIMING, errors="ignore")
-    return df.sort_values(list(df.columns)).reset_index(drop=True)
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_run, child_env):
     config = tmp_path / "tiny.yaml"
@@ -165,7 +158,7 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_run, child_env)
     killed_dir = tmp_path / "killed"
     kill_then_resume(config, killed_dir, child_env)
     straight, _ = tiny_run  # the same config run uninterrupted, in this process
-    pd.testing.assert_frame_equal(_table(killed_dir), _table(straight))
+    pd.testing.assert_frame_equal(results_table(killed_dir), results_table(straight))
     assert not list(killed_dir.rglob("*.tmp"))
     np.testing.assert_array_equal(pd.read_csv(killed_dir / "spectrum.csv")["sve"],
                                   pd.read_csv(straight / "spectrum.csv")["sve"])

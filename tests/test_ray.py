@@ -16,7 +16,7 @@ from nmtune.study import config_from_dict, run_study
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY_STUDY as TINY  # noqa: E402
-from test_study import TIMING  # noqa: E402
+from conftest import results_table  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +68,7 @@ def in_process(tmp_path_factory):
 
 
 def _tables(out: Path) -> dict[str, pd.DataFrame]:
-    tables = {}
-    for name in ("results", "spectrum", "pretrain"):
-        df = pd.read_csv(out / f"{name}.csv").drop(columns=TIMING, errors="ignore")
-        tables[name] = df.sort_values(list(df.columns)).reset_index(drop=True)
-    return tables
+    return {name: results_table(out, name) for name in ("results", "spectrum", "pretrain")}
 
 
 def _assert_same_tables(a: Path, b: Path) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import kill_then_resume, start_study  # noqa: E402
+from conftest import TIMING, kill_then_resume, results_table, start_study  # noqa: E402
 from nmtune._validation import NMTuneError
 from nmtune.study import (
     PACKAGED_CONFIGS,
@@ -18,9 +18,6 @@ from nmtune.study import (
     make_tuner,
     run_study,
 )
-
-# Timings differ between runs by nature; everything else must match exactly.
-TIMING = ["fit_seconds", "seconds"]
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGED_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -151,11 +148,6 @@ def _own_cache(env: dict, out: Path) -> dict:
     return {**env, "NMTUNE_CACHE": str(out / "unused-cache")}
 
 
-def _table(out: Path) -> pd.DataFrame:
-    df = pd.read_csv(out / "results.csv").drop(columns=TIMING, errors="ignore")
-    return df.sort_values(list(df.columns)).reset_index(drop=True)
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_study, child_env):
     config = tmp_path / "tiny.yaml"
@@ -166,7 +158,7 @@ def test_sigkill_then_resume_gives_the_same_table(tmp_path, tiny_study, child_en
 
     killed_dir = tmp_path / "killed"
     kill_then_resume(config, killed_dir, _own_cache(child_env, killed_dir))
-    pd.testing.assert_frame_equal(_table(killed_dir), _table(tmp_path / "straight"))
+    pd.testing.assert_frame_equal(results_table(killed_dir), results_table(tmp_path / "straight"))
     # Nothing half-written was left behind.
     assert not list(killed_dir.rglob("*.tmp"))
     np.testing.assert_array_equal(
