@@ -38,9 +38,7 @@ def test_environment_reports_what_the_libraries_say(monkeypatch):
 
 
 def test_study_json_records_the_environment(tmp_path, monkeypatch):
-    # The record is written whatever the grid computes: skip the work itself.
-    monkeypatch.setattr(study.StudyRunner, "preflight", lambda self: None)
-    monkeypatch.setattr(study.run, "study_cells", lambda config: {})
+    _skip_the_cells(monkeypatch)  # the record is written whatever the grid computes
     cfg = study.load_config("default")
     study.run_study(cfg, tmp_path, progress=False)
     record = json.loads((tmp_path / "study.json").read_text())
@@ -99,3 +97,29 @@ def test_the_thread_environment_does_not_change_a_study(tmp_path):
         record = json.loads((tmp_path / out / "study.json").read_text())
         assert record["threads"] == 1
         assert record["environment"]["torch"]["num_threads"] == 1
+
+
+def _skip_the_cells(monkeypatch):
+    monkeypatch.setattr(study.StudyRunner, "preflight", lambda self: None)
+    monkeypatch.setattr(study.run, "study_cells", lambda config: {})
+
+
+def test_a_folder_computed_with_other_threads_is_not_resumed(tmp_path, monkeypatch):
+    _skip_the_cells(monkeypatch)
+    cfg = study.load_config("default")
+    study.run_study(cfg, tmp_path, progress=False)  # threads: 1, as default.yaml says
+    (tmp_path / "cells").mkdir()
+    before = (tmp_path / "config.yaml").read_bytes()
+    two = study.config_from_dict({**cfg.raw, "threads": 2})
+    with pytest.raises(NMTuneError, match="computed with threads: 1"):
+        study.run_study(two, tmp_path, progress=False)
+    assert (tmp_path / "config.yaml").read_bytes() == before  # nothing rewritten
+
+
+def test_an_unreadable_earlier_config_is_replaced_not_a_traceback(tmp_path, monkeypatch, capsys):
+    _skip_the_cells(monkeypatch)
+    (tmp_path / "config.yaml").write_bytes(b"\xff\xfe: [unclosed")
+    cfg = study.load_config("default")
+    study.run_study(cfg, tmp_path, progress=False)
+    assert "not a readable config" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == cfg.raw

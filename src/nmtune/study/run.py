@@ -36,6 +36,32 @@ def _tables(graph: dict, outputs: dict) -> dict[str, pd.DataFrame]:
             "pretrain": tidy_table(pretrain_rows)}
 
 
+def _earlier_config(path: Path) -> dict | None:
+    """The config an earlier run left in ``path``; None when there is none or it is unreadable
+    (it is rewritten below, and the cells it describes are checked on their own)."""
+    if not path.is_file():
+        return None
+    try:
+        earlier = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        print(f"note: {path} is not a readable config; it is replaced")
+        return None
+    return earlier if isinstance(earlier, dict) else None
+
+
+def _check_same_threads(earlier: dict, config, out: Path) -> None:
+    """Refuse to resume work done with another thread count: cell keys do not hold it (the
+    same inputs), and reusing those cells would mix float sums of two thread counts in one
+    table, which is then no longer bit-reproducible."""
+    before = earlier.get("threads", 1)
+    done = any((out / part).exists() for part in ("cells", "pretrain", "features"))
+    if before != config.threads and done:
+        raise NMTuneError(
+            f"{out} was computed with threads: {before}, and this config asks for "
+            f"{config.threads}; results would mix both. Give another --out, or threads: {before}"
+        )
+
+
 def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True,
               executor: str = "in-process", address: str | None = None) -> dict:
     """Run (or resume) ``config`` into ``out_dir``; return the tables as DataFrames.
@@ -59,7 +85,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     runner.preflight()  # before anything is written: a missing dataset leaves no trace
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.yaml"
-    if config_path.is_file() and yaml.safe_load(config_path.read_text()) != config.raw:
+    earlier = _earlier_config(config_path)
+    if earlier is not None and earlier != config.raw:
+        _check_same_threads(earlier, config, out)
         # Cells are keyed by their inputs, so a changed config is safe to run here; say so.
         print(f"note: {out} holds an earlier config; cells that still apply are reused")
     write_bytes_atomic(config_path, yaml.safe_dump(config.raw, sort_keys=False).encode())
