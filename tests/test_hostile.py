@@ -534,3 +534,37 @@ def test_a_redirect_to_a_real_server_on_another_port_never_delivers_the_key(serv
     assert backbone.batches == [] and redirector.seen[0]["path"] == "/v1/embeddings"
     direct = OpenAIEmbeddings(server.url, MODEL, api_key="sk-secret")(["a"])  # the key works
     np.testing.assert_array_equal(direct, HashingBackbone().embed(["a"]))
+
+
+def test_stopping_waits_for_the_forward_pass_in_progress():
+    # Exiting while the model thread is inside a pass killed a real server with
+    # "terminate called without an active exception"; stop() must let the pass end first.
+    from nmtune.serve.batcher import MicroBatcher
+
+    started = threading.Event()
+
+    def slow_embed(texts):
+        started.set()
+        time.sleep(0.5)
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    batcher = MicroBatcher(CallableBackbone(slow_embed, "slow", identity="slow"), 8)
+    waiter = threading.Thread(target=lambda: batcher.embed(["a", "b"]), daemon=True)
+    waiter.start()
+    assert started.wait(5)
+    late = []  # a request still queued when the server stops is told to come back: 503
+    threading.Thread(target=lambda: late.append(_error_of(batcher.embed, ["c"])),
+                     daemon=True).start()
+    time.sleep(0.1)
+    batcher.stop()
+    assert not batcher.running
+    time.sleep(0.1)
+    assert late and getattr(late[0], "status", None) == 503, late
+
+
+def _error_of(fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:  # the test inspects what a request would be answered
+        return exc
+    return None

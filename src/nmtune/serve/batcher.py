@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import queue
 import threading
+from http import HTTPStatus
 
 import numpy as np
 
 from ..backbones.base import Backbone
+from .requests import APIError
 
 
 def take_waiting(items: queue.SimpleQueue, block: bool) -> tuple[list, bool]:
@@ -86,8 +88,18 @@ class MicroBatcher:
         """Requests queued for the model and not yet taken into a pass."""
         return self._jobs.qsize()
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether the model thread is alive (it ends after :meth:`stop`)."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Fail what is still waiting and wait for the pass in progress to end: a process that
+        exits while the model thread is inside a forward pass dies in C++
+        (``terminate called without an active exception``) instead of exiting cleanly."""
         self._jobs.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         active: list[_Job] = []
@@ -96,7 +108,8 @@ class MicroBatcher:
             active += new
             if stop:
                 for job in active:
-                    job.fail(RuntimeError("the server is stopping"))
+                    job.fail(APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is stopping",
+                                      kind="server_error", code="stopping"))
                 return
             self._run_pass(self._share(active))
             active = [job for job in active if not job.done.is_set()]
