@@ -81,6 +81,13 @@ def test_a_term_weighted_zero_is_logged_without_a_graph():
     assert all(t.requires_grad for t in nmtune_terms(z, torch.randn(16, 4)))
 
 
+def test_terms_weighted_zero_can_be_skipped():
+    z, f = torch.randn(16, 4), torch.randn(16, 4)
+    skipped = nmtune_terms(z, f, weights=(0.0, 0.04, 0.0), unweighted=False)
+    assert np.isnan(float(skipped[0])) and np.isnan(float(skipped[2]))
+    assert float(skipped[1]) == pytest.approx(float(covariance_penalty(z)), rel=1e-6)
+
+
 def test_one_table_names_orders_and_signs_the_terms():
     assert TERMS == ("ce", "mse", "cov", "svd")
     assert AUTHOR_WEIGHTS == {"mse": 1.0, "cov": 0.04, "svd": 0.001}

@@ -278,6 +278,25 @@ def test_loss_terms_at_initialisation_match_numpy(n_views):
     assert got["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_mlp_probe_logs_the_unused_terms_of_each_epochs_last_batch():
+    # Weight 0 terms are evaluated once per epoch: on the last batch, by the model as it was
+    # before that batch's step. lr = 0 keeps the model at its start, so every batch's z comes
+    # from the initial weights and the logged cov is the last batch's cov under them.
+    X, y = _standardised_blobs(n=96, d=5, classes=3)
+    est = MLPProbe(protocol="authors", lr=0.0, weight_decay=0.0, epochs=2, batch_size=32,
+                   random_state=0).fit(X, y)
+    for record in est.history_:
+        assert all(np.isfinite(record[t]) for t in ("mse", "cov", "svd"))
+        assert record["loss"] == pytest.approx(record["ce"], rel=1e-6)  # no regulariser counts
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(0))
+    last = X[order[64:].numpy()]
+    z, _ = _numpy_forward(est.model_, last, training=True)
+    zc = z - z.mean(axis=0)
+    cov = zc.T @ zc / (len(z) - 1)
+    assert est.history_[0]["cov"] == pytest.approx(
+        ((cov**2).sum() - (np.diag(cov) ** 2).sum()) / 5, rel=1e-4)
+
+
 def test_embed_is_scaled_residual_mlp():
     X, y = _standardised_blobs(n=120, d=5, classes=3)
     est = MLPProbe(epochs=2, batch_size=16, random_state=0).fit(X, y)

@@ -83,7 +83,8 @@ def loss_coefficients(weights: Sequence[float]) -> list[float]:
 
 
 def nmtune_terms(
-    z: torch.Tensor, f: torch.Tensor, top_k: int = 5, weights: Sequence[float] | None = None
+    z: torch.Tensor, f: torch.Tensor, top_k: int = 5, weights: Sequence[float] | None = None,
+    unweighted: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """The unweighted regularisers ``(mse, cov, svd)`` (:data:`REGULARISERS`).
 
@@ -100,6 +101,9 @@ def nmtune_terms(
     weights : sequence of float or None
         The regularisers' weights in the loss: a term of weight 0 is computed without a graph
         (logged, but it costs no backward pass). None keeps every graph.
+    unweighted : bool, default=True
+        Evaluate the terms of weight 0 at all; False returns NaN for them (a training loop
+        that logs them only now and then skips their cost, the SVD above all, on other steps).
     """
     n = f.shape[0]
     if z.ndim != 2 or f.ndim != 2 or z.shape[1] != f.shape[1] or z.shape[0] not in (n, 2 * n):
@@ -109,6 +113,9 @@ def nmtune_terms(
     graphs = [True] * len(REGULARISERS) if weights is None else [w != 0 for w in weights]
     terms = []
     for term, graph in zip(REGULARISERS, graphs, strict=True):
+        if not (graph or unweighted):
+            terms.append(z.new_tensor(float("nan")))
+            continue
         with torch.set_grad_enabled(torch.is_grad_enabled() and graph):
             terms.append(term.of(z, z_b, f, top_k))
     return tuple(terms)

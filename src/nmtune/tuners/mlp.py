@@ -81,24 +81,26 @@ class ResidualMLP(nn.Module):
 
 def _batch_terms(
     model: ResidualMLP, fa: torch.Tensor, fb: torch.Tensor | None, y: torch.Tensor,
-    weights: tuple[float, float, float], top_k: int,
+    weights: tuple[float, float, float], top_k: int, unweighted: bool = True,
 ) -> torch.Tensor:
     """The unweighted loss terms of one batch (:data:`~nmtune.objective.TERMS`), as a vector.
 
     ``fa``/``fb`` are the batch's two views (``fb`` None: one view, so view b = view a). Both
     views go through the model together, so BatchNorm sees all 2·B rows. CE is over both
-    views; the regularisers are :func:`~nmtune.objective.nmtune_terms` of all rows.
+    views; the regularisers are :func:`~nmtune.objective.nmtune_terms` of all rows (NaN for
+    those of weight 0 unless ``unweighted``).
     """
     f = fa if fb is None else torch.cat([fa, fb])
     z, logits = model(f)
     ce = F.cross_entropy(logits.float(), y if fb is None else torch.cat([y, y]))
-    return torch.stack([ce, *nmtune_terms(z.float(), fa.float(), top_k, weights)])
+    return torch.stack([ce, *nmtune_terms(z.float(), fa.float(), top_k, weights, unweighted)])
 
 
 def train_step(
     model: ResidualMLP, optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler, fa: torch.Tensor, fb: torch.Tensor | None,
     y: torch.Tensor, weights: tuple[float, float, float] = (0.0, 0.0, 0.0), top_k: int = 5,
+    unweighted: bool = True,
 ) -> torch.Tensor:
     """One optimiser and schedule step on ``L = ce + w_mse·mse + w_cov·cov − w_svd·svd``.
 
@@ -118,6 +120,9 @@ def train_step(
         ``(w_mse, w_cov, w_svd)``; all 0 is the MLP probe.
     top_k : int
         Singular values in the svd term.
+    unweighted : bool, default=True
+        Evaluate (for the log) the terms of weight 0 too; False leaves them NaN and skips
+        their cost.
 
     Returns
     -------
@@ -126,7 +131,7 @@ def train_step(
         detached.
     """
     with autocast(fa.device):
-        terms = _batch_terms(model, fa, fb, y, weights, top_k)
+        terms = _batch_terms(model, fa, fb, y, weights, top_k, unweighted)
     optimizer.zero_grad(set_to_none=True)
     (terms @ terms.new_tensor(loss_coefficients(weights))).backward()
     optimizer.step()
@@ -315,7 +320,8 @@ class NMTuneClassifier(FeatureClassifier):
         ``standardize``, 0 and σ with ``scale_aware``, None otherwise.
     history_ : list of dict
         One dict per epoch: ``epoch``, ``loss`` (weighted total) and the unweighted per-step
-        means of ``ce``, ``mse``, ``cov``, ``svd``; ``val_accuracy`` with ``validation``.
+        means of ``ce``, ``mse``, ``cov``, ``svd`` (a term of weight 0, which the loss does not
+        use, is its value on the epoch's last batch); ``val_accuracy`` with ``validation``.
     n_steps_ : int
         Optimiser steps taken.
     best_epoch_ : int
@@ -469,7 +475,10 @@ class NMTuneClassifier(FeatureClassifier):
         bounds = batch_bounds(train.shape[0], self.batch_size)
         epochs = max(self.epochs, math.ceil(self.settings_["min_steps"] / len(bounds)))
         optimizer = torch.optim.AdamW(
-            self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay
+            self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+            # One fused kernel per step instead of a loop over parameters: 25-30 % of a CPU fit
+            # at D = 64 (docs/benchmarks.md).
+            fused=self.device_.type in ("cpu", "cuda"),
         )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=epochs * len(bounds)
@@ -479,11 +488,12 @@ class NMTuneClassifier(FeatureClassifier):
         if std is None and self.settings_["feature_augment"] == "noise":
             std = torch.ones(data.shape[2], device=data.device)
         self.history_, best_state, best_score, self.n_steps_ = [], None, -1.0, 0
+        unlogged = torch.tensor([False, *(w == 0 for w in weights)], device=data.device)
         for epoch in tqdm(range(1, epochs + 1), disable=not self.verbose, desc="epochs"):
             self.model_.train()
             order = train[torch.randperm(train.shape[0], generator=generator)].to(data.device)
             sums = torch.zeros(len(TERMS), device=data.device)
-            for start, stop in bounds:
+            for step, (start, stop) in enumerate(bounds, start=1):
                 idx = order[start:stop]
                 a, b = (
                     torch.randperm(n_views, generator=generator)[:2].tolist()
@@ -491,10 +501,13 @@ class NMTuneClassifier(FeatureClassifier):
                 )
                 fa = data[a, idx]
                 fb = data[b, idx] if a != b else self._view_b(fa, std, generator)
-                sums += train_step(self.model_, optimizer, schedule, fa, fb, labels[idx],
-                                   weights, top_k)
+                # Terms of weight 0 are only logged, so they are evaluated on the epoch's
+                # last batch alone: on every step their SVD made an MLP probe fit ~1.7x slower.
+                terms = train_step(self.model_, optimizer, schedule, fa, fb, labels[idx],
+                                   weights, top_k, unweighted=step == len(bounds))
+                sums += torch.where(unlogged, 0.0, terms)
             self.n_steps_ += len(bounds)
-            means = (sums / len(bounds)).tolist()
+            means = torch.where(unlogged, terms, sums / len(bounds)).tolist()
             record = {"epoch": epoch, "loss": float(np.dot(means, loss_coefficients(weights))),
                       **dict(zip(TERMS, means, strict=True))}
             self.history_.append(record)
@@ -556,8 +569,8 @@ class MLPProbe(NMTuneClassifier):
 
     This is :class:`NMTuneClassifier` with the three regulariser weights fixed at 0, which is
     exactly how the paper's MLP baseline differs from NMTune. The regularisers are still
-    evaluated (without gradients, svd with top-k 5) and logged in ``history_``, so their
-    magnitudes compare.
+    evaluated on each epoch's last batch (without gradients, svd with top-k 5) and logged in
+    ``history_``, so their magnitudes compare.
 
     Parameters
     ----------
