@@ -68,6 +68,8 @@ METHODS = {
     "+early-stop": ("nmtune", {**AUTHORS, "validation": 0.2, "n_iter_no_change": 5}),
     "mlp-default": ("mlp", {}),
     "nmtune-default": ("nmtune", {}),
+    # The default with its regularisers on the standardised features (before raw_regularisers).
+    "nmtune-default/model-units": ("nmtune", {"raw_regularisers": False}),
     "auto": ("auto", {}),
 }
 

@@ -101,6 +101,21 @@ def test_one_linear_probe_per_fold_serves_every_candidate(monkeypatch):
     assert isinstance(auto.best_estimator_, LinearProbe | NMTuneClassifier)
 
 
+def test_a_held_out_winner_network_is_refitted_warm_without_a_probe(monkeypatch):
+    X, y = _data(n=150)
+    fits = []
+    original = LinearProbe.fit
+    monkeypatch.setattr(LinearProbe, "fit",
+                        lambda self, X, y: fits.append(len(y)) or original(self, X, y))
+    net = {"method": "nmtune", "protocol": "authors", "epochs": 8}
+    auto = AutoTuner(candidates=[net], holdout_above=100, random_state=0).fit(X, y)
+    assert auto.n_splits_ == 1
+    # The split's probe only: the authors' random head needs none, and the refit is warm.
+    assert fits == [120]
+    assert len(auto.best_estimator_.history_) == 2  # a quarter of the split fit's 8 epochs
+    assert auto.best_estimator_.n_steps_ == 2 * 3  # 150 rows in batches of 64: 3 a epoch
+
+
 def test_registry_and_bad_candidates():
     assert isinstance(create_tuner("auto", n_splits=4), AutoTuner)
     X, y = _data(n=60)

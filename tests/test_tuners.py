@@ -278,6 +278,43 @@ def test_loss_terms_at_initialisation_match_numpy(n_views):
     assert got["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("raw", [True, False])
+def test_raw_regularisers_are_the_terms_of_the_features_own_units(raw):
+    # Features far from unit scale and standardised for the model: with raw_regularisers the
+    # logged (and trained) terms are those of z mapped back, z·scale_ + mean_; without, of z.
+    rng = np.random.default_rng(4)
+    n, d = 40, 5
+    y = np.arange(n) % 2
+    X = 0.05 * rng.normal(size=(n, d)) + 0.02 * y[:, None] + 0.3
+    est = NMTuneClassifier(raw_regularisers=raw, scale_init=1.0, head_init="random", lr=0.0,
+                           weight_decay=0.0, epochs=1, min_steps=0, batch_size=n,
+                           random_state=0).fit(X, y)
+    f = (X - est.mean_) / est.scale_
+    z, logits = _numpy_forward(est.model_, f, training=True)
+    if raw:
+        z, f = z * est.scale_ + est.mean_, X
+    _, mse, cov, svd = _numpy_terms(z, z, f, logits, y)
+    got = est.history_[0]
+    for name, want in (("mse", mse), ("cov", cov), ("svd", svd)):
+        assert got[name] == pytest.approx(want, rel=1e-4), name
+
+
+def test_a_warm_start_continues_the_earlier_fit():
+    X, y = _standardised_blobs(n=120, d=6, classes=3)
+    part = NMTuneClassifier(epochs=8, min_steps=0, random_state=0).fit(X[:90], y[:90])
+    # lr = 0: the continuation keeps the earlier weights exactly, for a quarter of its epochs.
+    warm = NMTuneClassifier(epochs=8, min_steps=0, lr=0.0, random_state=0)._fit(
+        X, y, warm_start=part)
+    assert len(warm.history_) == 2 and warm.n_steps_ == 2 * 2
+    np.testing.assert_array_equal(warm.mean_, part.mean_)
+    for name, value in part.model_.state_dict().items():
+        if "running" not in name and "batches" not in name:  # BatchNorm's statistics move
+            np.testing.assert_array_equal(warm.model_.state_dict()[name].numpy(),
+                                          value.numpy())
+    with pytest.raises(NMTuneError, match="every class"):
+        NMTuneClassifier(random_state=0)._fit(X[y < 2], y[y < 2], warm_start=part)
+
+
 def test_mlp_probe_logs_the_unused_terms_of_each_epochs_last_batch():
     # Weight 0 terms are evaluated once per epoch: on the last batch, by the model as it was
     # before that batch's step. lr = 0 keeps the model at its start, so every batch's z comes

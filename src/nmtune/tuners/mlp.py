@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torch import autocast, resolve_device, tune_cpu_allocator
-from .._validation import available_memory, check_memory
+from .._validation import NMTuneError, available_memory, check_memory
 from ..objective import AUTHOR_WEIGHTS, REGULARISERS, TERMS, loss_coefficients, nmtune_terms
 from .base import (
     COMMON_CONSTRAINTS,
@@ -42,6 +42,8 @@ __all__ = [
 
 #: Rows per forward pass at predict time: bounds memory for the r·D-wide hidden layer.
 _PREDICT_CHUNK = 4096
+#: A warm-started fit's epochs as a fraction of those of the fit it continues.
+WARM_EPOCHS = 0.25
 
 
 class ResidualMLP(nn.Module):
@@ -82,25 +84,30 @@ class ResidualMLP(nn.Module):
 def _batch_terms(
     model: ResidualMLP, fa: torch.Tensor, fb: torch.Tensor | None, y: torch.Tensor,
     weights: tuple[float, float, float], top_k: int, unweighted: bool = True,
+    units: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The unweighted loss terms of one batch (:data:`~nmtune.objective.TERMS`), as a vector.
 
     ``fa``/``fb`` are the batch's two views (``fb`` None: one view, so view b = view a). Both
     views go through the model together, so BatchNorm sees all 2·B rows. CE is over both
     views; the regularisers are :func:`~nmtune.objective.nmtune_terms` of all rows (NaN for
-    those of weight 0 unless ``unweighted``).
+    those of weight 0 unless ``unweighted``), on ``z·scale + mean`` and ``fa·scale + mean``
+    when ``units`` is ``(mean, scale)``.
     """
     f = fa if fb is None else torch.cat([fa, fb])
     z, logits = model(f)
     ce = F.cross_entropy(logits.float(), y if fb is None else torch.cat([y, y]))
-    return torch.stack([ce, *nmtune_terms(z.float(), fa.float(), top_k, weights, unweighted)])
+    z, fa = z.float(), fa.float()
+    if units is not None:
+        z, fa = z * units[1] + units[0], fa * units[1] + units[0]
+    return torch.stack([ce, *nmtune_terms(z, fa, top_k, weights, unweighted)])
 
 
 def train_step(
     model: ResidualMLP, optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler, fa: torch.Tensor, fb: torch.Tensor | None,
     y: torch.Tensor, weights: tuple[float, float, float] = (0.0, 0.0, 0.0), top_k: int = 5,
-    unweighted: bool = True,
+    unweighted: bool = True, units: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One optimiser and schedule step on ``L = ce + w_mse·mse + w_cov·cov − w_svd·svd``.
 
@@ -123,6 +130,10 @@ def train_step(
     unweighted : bool, default=True
         Evaluate (for the log) the terms of weight 0 too; False leaves them NaN and skips
         their cost.
+    units : (Tensor, Tensor) or None
+        ``(mean, scale)`` of shape (D,) each: the model's input is ``(f - mean) / scale`` and
+        the regularisers are computed on ``z·scale + mean``, the features' own units. None:
+        on the model's units.
 
     Returns
     -------
@@ -131,7 +142,7 @@ def train_step(
         detached.
     """
     with autocast(fa.device):
-        terms = _batch_terms(model, fa, fb, y, weights, top_k, unweighted)
+        terms = _batch_terms(model, fa, fb, y, weights, top_k, unweighted, units)
     optimizer.zero_grad(set_to_none=True)
     (terms @ terms.new_tensor(loss_coefficients(weights))).backward()
     optimizer.step()
@@ -195,15 +206,18 @@ def _check_fit_memory(
 #: head) and takes at least 300 steps: the start that passes scikit-learn's check_estimator;
 #: docs/results.md ("Tuner benchmark") has what each lever measured.
 PROTOCOLS = {
-    "authors": {"standardize": False, "scale_aware": False, "scale_init": 1.0,
-                "head_init": "random", "min_steps": 0, "feature_augment": "none"},
-    "default": {"standardize": True, "scale_aware": False, "scale_init": 0.0,
-                "head_init": "probe", "min_steps": 300, "feature_augment": "none"},
+    "authors": {"standardize": False, "scale_aware": False, "raw_regularisers": False,
+                "scale_init": 1.0, "head_init": "random", "min_steps": 0,
+                "feature_augment": "none"},
+    "default": {"standardize": True, "scale_aware": False, "raw_regularisers": True,
+                "scale_init": 0.0, "head_init": "probe", "min_steps": 300,
+                "feature_augment": "none"},
 }
 
 _MLP_CONSTRAINTS = {
     "protocol": [StrOptions(set(PROTOCOLS))],
     "scale_aware": ["boolean", None],
+    "raw_regularisers": ["boolean", None],
     "scale_init": [Real, None],
     "head_init": [StrOptions({"random", "probe"}), None],
     "min_steps": [Interval(Integral, 0, None, closed="left"), None],
@@ -243,7 +257,7 @@ class NMTuneClassifier(FeatureClassifier):
     the mean top-``top_k`` singular-value ratio of ``z`` (maximised). The weights default to
     the authors'.
 
-    Six settings (the levers) default to None, which takes them from ``protocol``
+    Seven settings (the levers) default to None, which takes them from ``protocol``
     (:data:`PROTOCOLS`); set one to override the preset.
 
     Parameters
@@ -270,6 +284,12 @@ class NMTuneClassifier(FeatureClassifier):
         fourth power of the scale, CE does not; the consistency and spectrum terms are
         scale-free), and the residual branch, whose output is of order 1, is on the
         features' scale. Unlike ``standardize`` it keeps the features' relative scales.
+    raw_regularisers : bool or None
+        Compute the three regularisers on the tuned features mapped back to the features'
+        own units (``z·scale_ + mean_``), so that ``standardize`` (or ``scale_aware``) only
+        preconditions the model and the loss is the authors' loss on the raw features.
+        Without it the covariance term is taken on unit-variance features, where the authors'
+        weight bites far harder than on, e.g., 0.05-scale text embeddings.
     feature_augment : {"none", "noise", "dropout"} or None
         Views for single-view data: each step's view b is view a plus Gaussian noise of
         ``augment_strength`` times each feature's standard deviation ("noise"), or view a with
@@ -344,6 +364,7 @@ class NMTuneClassifier(FeatureClassifier):
         top_k: int = 5,
         protocol: str = "default",
         scale_aware: bool | None = None,
+        raw_regularisers: bool | None = None,
         scale_init: float | None = None,
         head_init: str | None = None,
         min_steps: int | None = None,
@@ -366,7 +387,8 @@ class NMTuneClassifier(FeatureClassifier):
         self.w_svd = w_svd
         self.top_k = top_k
         MLPProbe.__init__(
-            self, protocol, scale_aware, scale_init, head_init, min_steps, feature_augment,
+            self, protocol, scale_aware, raw_regularisers, scale_init, head_init, min_steps,
+            feature_augment,
             augment_strength, hidden_ratio, lr, weight_decay, batch_size, epochs, standardize,
             validation, n_iter_no_change, device, random_state, verbose,
         )
@@ -399,10 +421,16 @@ class NMTuneClassifier(FeatureClassifier):
         """
         return self._fit(X, y)
 
-    def _fit(self, X, y, probe: LinearProbe | None = None) -> NMTuneClassifier:
+    def _fit(self, X, y, probe: LinearProbe | None = None,
+             warm_start: NMTuneClassifier | None = None) -> NMTuneClassifier:
         """``fit``, with ``probe`` (a :class:`LinearProbe` fitted on the same raw training rows)
         reused for ``head_init="probe"`` instead of fitting one: the auto tuner shares its LP
-        fits. Without ``validation`` only, since the probe saw every row."""
+        fits. Without ``validation`` only, since the probe saw every row.
+
+        ``warm_start``, an estimator of the same settings fitted on part of these rows, makes
+        this a continuation: its model, input scaling and classes, trained further for
+        :data:`WARM_EPOCHS` of its epochs (at least one) on a fresh cosine schedule. The auto
+        tuner refits its winner this way on the whole training set."""
         self._validate_params()
         views, self.classes_, y_index = check_fit_data(X, y)
         self.n_features_in_ = views.shape[2]
@@ -418,13 +446,20 @@ class NMTuneClassifier(FeatureClassifier):
                 y_index, float(self.validation), seed
             )
             probe = None  # a shared probe saw the validation rows
-        if self.settings_["head_init"] == "probe" and probe is None:
+        if warm_start is not None and not np.array_equal(warm_start.classes_, self.classes_):
+            raise NMTuneError("a warm start must have seen every class of the training set")
+        if self.settings_["head_init"] == "probe" and probe is None and warm_start is None:
             probe = LinearProbe(device=self.device, random_state=seed).fit(
                 views[:, train], y_index[train])
-        self.mean_, self.scale_ = self._input_scaling(views)
+        self.mean_, self.scale_ = (self._input_scaling(views) if warm_start is None
+                                   else (warm_start.mean_, warm_start.scale_))
         if self.mean_ is not None:
             views = (views - self.mean_) / self.scale_
         self.weights_ = self._regularisation()[0]
+        units = None
+        if self.settings_["raw_regularisers"] and self.mean_ is not None:
+            units = tuple(torch.tensor(a, dtype=torch.float32, device=self.device_)
+                          for a in (self.mean_, self.scale_))
 
         data = torch.tensor(views, dtype=torch.float32, device=self.device_)
         labels = torch.as_tensor(y_index, device=self.device_)
@@ -433,13 +468,18 @@ class NMTuneClassifier(FeatureClassifier):
             torch.manual_seed(seed)
             model = ResidualMLP(self.n_features_in_, self.hidden_ratio, self.classes_.size,
                                 self.settings_["scale_init"])
-        if self.settings_["head_init"] == "probe":
+        epochs = None
+        if warm_start is not None:
+            model.load_state_dict(warm_start.model_.state_dict())
+            epochs = max(1, math.ceil(WARM_EPOCHS * len(warm_start.history_)))
+        elif self.settings_["head_init"] == "probe":
             with torch.no_grad():
                 model.head.weight[:], model.head.bias[:] = _head_from_probe(
                     probe, self.mean_, self.scale_)
         self.model_ = model.to(self.device_)
         generator = torch.Generator().manual_seed(seed)
-        self._train(data, labels, torch.as_tensor(train), self.validation_indices_, generator)
+        self._train(data, labels, torch.as_tensor(train), self.validation_indices_, generator,
+                    units, epochs)
         self.model_.eval()
         return self
 
@@ -468,12 +508,15 @@ class NMTuneClassifier(FeatureClassifier):
     def _train(
         self, data: torch.Tensor, labels: torch.Tensor, train: torch.Tensor,
         val: np.ndarray | None, generator: torch.Generator,
+        units: tuple[torch.Tensor, torch.Tensor] | None, epochs: int | None = None,
     ) -> None:
-        """AdamW with per-step cosine decay; fills ``history_``, ``n_steps_``, ``best_epoch_``."""
+        """AdamW with per-step cosine decay; fills ``history_``, ``n_steps_``, ``best_epoch_``.
+        ``units`` as for :func:`train_step`; ``epochs`` None: as the settings say."""
         _, top_k = self._regularisation()
         weights = self.weights_
         bounds = batch_bounds(train.shape[0], self.batch_size)
-        epochs = max(self.epochs, math.ceil(self.settings_["min_steps"] / len(bounds)))
+        if epochs is None:
+            epochs = max(self.epochs, math.ceil(self.settings_["min_steps"] / len(bounds)))
         optimizer = torch.optim.AdamW(
             self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay,
             # One fused kernel per step instead of a loop over parameters: 25-30 % of a CPU fit
@@ -504,7 +547,7 @@ class NMTuneClassifier(FeatureClassifier):
                 # Terms of weight 0 are only logged, so they are evaluated on the epoch's
                 # last batch alone: on every step their SVD made an MLP probe fit ~1.7x slower.
                 terms = train_step(self.model_, optimizer, schedule, fa, fb, labels[idx],
-                                   weights, top_k, unweighted=step == len(bounds))
+                                   weights, top_k, unweighted=step == len(bounds), units=units)
                 sums += torch.where(unlogged, 0.0, terms)
             self.n_steps_ += len(bounds)
             means = torch.where(unlogged, terms, sums / len(bounds)).tolist()
@@ -574,7 +617,8 @@ class MLPProbe(NMTuneClassifier):
 
     Parameters
     ----------
-    protocol, scale_aware, scale_init, head_init, min_steps, feature_augment, augment_strength
+    protocol, scale_aware, raw_regularisers, scale_init, head_init, min_steps, feature_augment,
+    augment_strength
         The preset and the levers, as for :class:`NMTuneClassifier`.
     hidden_ratio, lr, weight_decay, batch_size, epochs
         The training settings, as for :class:`NMTuneClassifier`.
@@ -593,6 +637,7 @@ class MLPProbe(NMTuneClassifier):
         self,
         protocol: str = "default",
         scale_aware: bool | None = None,
+        raw_regularisers: bool | None = None,
         scale_init: float | None = None,
         head_init: str | None = None,
         min_steps: int | None = None,
@@ -612,6 +657,7 @@ class MLPProbe(NMTuneClassifier):
     ):
         self.protocol = protocol
         self.scale_aware = scale_aware
+        self.raw_regularisers = raw_regularisers
         self.scale_init = scale_init
         self.head_init = head_init
         self.min_steps = min_steps
