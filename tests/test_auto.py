@@ -87,31 +87,33 @@ def test_large_training_sets_use_one_stratified_held_out_split():
         assert auto.cv_results_["split0_test_score"][i] == pytest.approx(ref, abs=1.5 / len(val))
 
 
-def test_one_linear_probe_per_fold_serves_every_candidate(monkeypatch):
-    X, y = _data(n=120)
+@pytest.fixture
+def probe_fits(monkeypatch):
+    """The row counts of every LinearProbe fit, in order."""
     fits = []
     original = LinearProbe.fit
     monkeypatch.setattr(LinearProbe, "fit",
                         lambda self, X, y: fits.append(len(y)) or original(self, X, y))
+    return fits
+
+
+def test_one_linear_probe_per_fold_serves_every_candidate(probe_fits):
+    X, y = _data(n=120)
     net = {"method": "nmtune", "epochs": 1, "min_steps": 0}
     auto = AutoTuner(candidates=[{"method": "lp"}, net, {**net, "w_cov": 0.0}],
                      random_state=0).fit(X, y)
     # Three folds and the refit: the nets' probe-then-tune heads reuse the lp candidate's fit.
-    assert fits == [80, 80, 80, 120]
+    assert probe_fits == [80, 80, 80, 120]
     assert isinstance(auto.best_estimator_, LinearProbe | NMTuneClassifier)
 
 
-def test_a_held_out_winner_network_is_refitted_warm_without_a_probe(monkeypatch):
+def test_a_held_out_winner_network_is_refitted_warm_without_a_probe(probe_fits):
     X, y = _data(n=150)
-    fits = []
-    original = LinearProbe.fit
-    monkeypatch.setattr(LinearProbe, "fit",
-                        lambda self, X, y: fits.append(len(y)) or original(self, X, y))
     net = {"method": "nmtune", "protocol": "authors", "epochs": 8}
     auto = AutoTuner(candidates=[net], holdout_above=100, random_state=0).fit(X, y)
     assert auto.n_splits_ == 1
     # The split's probe only: the authors' random head needs none, and the refit is warm.
-    assert fits == [120]
+    assert probe_fits == [120]
     assert len(auto.best_estimator_.history_) == 2  # a quarter of the split fit's 8 epochs
     assert auto.best_estimator_.n_steps_ == 2 * 3  # 150 rows in batches of 64: 3 a epoch
 
