@@ -7,7 +7,8 @@ Same frozen backbone, data, seeds, epochs, model, loss and optimiser on both sid
     ``(f_a, f_b)``: AdamW lr 1e-3, wd 1e-4, batch 64, per-step cosine, last epoch kept;
 (b) nmtune: ``extract(backbone, train, views=V)`` once (V augmented views into a fresh cache),
     then ``NMTuneClassifier(protocol="authors").fit(V×N×D, y)``, whose steps draw two of the V
-    cached views; ``NMTuneClassifier()`` (nmtune's default protocol) is timed beside it.
+    cached views; ``NMTuneClassifier()`` (nmtune's default protocol) is timed beside it;
+(c) as (b) with ``clean_view=True``: view 0 is the clean image, views 1..V-1 augmented.
 
 Both use nmtune's own pieces: the augmentation the cache applies (``resolve_augment``, one seed
 per (seed, view, row) from ``row_seeds``; epoch e of (a) uses views 2e and 2e+1, so its first
@@ -160,6 +161,18 @@ def run_seed(backbone, train, test_features, test_labels, seed, args, device, wo
         row[f"b V={v}"] = tuple(
             x + y for x, y in zip(row[f"extract V={v}"], row[f"nmtune V={v}"], strict=True)
         )
+        # (c): the same, with view 0 the clean image and V-1 augmented views (clean_view).
+        with tempfile.TemporaryDirectory(dir=work_dir) as cache:
+            cached = clocked(row, f"extract-clean V={v}", extract, backbone, train, views=v,
+                             clean_view=True, seed=seed, device=device, cache_dir=cache,
+                             progress=False)
+            views = np.array(cached.features)
+        estimator = NMTuneClassifier(protocol="authors", epochs=args.epochs, random_state=seed,
+                                     device=args.device)
+        clocked(row, f"nmtune-clean V={v}", estimator.fit, views, train.labels)
+        row[f"nmtune-clean V={v} acc"] = estimator.score(test_features, test_labels)
+        row[f"c V={v}"] = tuple(x + y for x, y in zip(
+            row[f"extract-clean V={v}"], row[f"nmtune-clean V={v}"], strict=True))
     return row
 
 
@@ -196,11 +209,16 @@ def print_tables(rows: list[dict], views: list[int]) -> None:
         line(f"(b) V={v}: NMTune fit, nmtune's default protocol", f"nmtune-default V={v}",
              f"nmtune-default V={v} acc")
         line(f"(b) V={v}: LinearProbe fit (CLIP protocol)", f"lp V={v}", f"lp V={v} acc")
+        line(f"**(c) nmtune V={v}, view 0 clean (`clean_view=True`): extract + NMTune fit**",
+             f"c V={v}", f"nmtune-clean V={v} acc")
     print()
     for v in views:
         gap = [100 * (r[f"nmtune V={v} acc"] - r["a acc"]) for r in rows]
         gap_default = [100 * (r[f"nmtune-default V={v} acc"] - r["a acc"]) for r in rows]
         print(f"V={v}: accuracy (b, default protocol) - (a) = {mean_std(gap_default)} points")
+        gap_clean = [100 * (r[f"nmtune-clean V={v} acc"] - r["a acc"]) for r in rows]
+        print(f"V={v}: accuracy (c, view 0 clean) - (a) = {mean_std(gap_clean)} points (per "
+              f"seed {', '.join(f'{g:+.2f}' for g in gap_clean)})")
         lp = [r[f"nmtune V={v}"][0] / r[f"lp V={v}"][0] for r in rows]
         print(f"V={v}: accuracy (b) - (a) = {mean_std(gap)} points (per seed "
               f"{', '.join(f'{g:+.2f}' for g in gap)}); NMTune fit / LinearProbe fit = "

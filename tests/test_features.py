@@ -184,6 +184,8 @@ def test_cache_key_changes_with_everything_that_changes_features(digits, backbon
     two_views = key(views=2)
     assert len({base, two_views, key(views=3), key(views=2, seed=1)}) == 4
     assert key(views=2, augment=ImageAugment(max_degrees=5.0)) != two_views
+    assert key(views=2, clean_view=True) != two_views
+    assert key(clean_view=True) == base  # one view is clean anyway
     assert key(ds=digits.subset(500, seed=0)) != key(ds=digits.subset(500, seed=1))
     assert key(dtype="float16") != base
     other = TorchBackbone(_Linear(), name="linear")
@@ -203,6 +205,22 @@ def test_views_are_augmented_seeded_and_batch_independent(digits, backbone):
     np.testing.assert_allclose(same.features, fs.features, atol=1e-5)
     other = extract(backbone, small, views=2, seed=4, cache_dir=False, progress=False)
     assert not np.allclose(other.features, fs.features)
+
+
+def test_a_clean_view_0_beside_the_augmented_views(digits, backbone):
+    # View 0 is the one-view extraction; views 1..V-1 are the augmented views 1..V-1 of the
+    # same seed, exactly as without clean_view.
+    small = digits.subset(120, seed=0)
+    fs = extract(backbone, small, views=3, clean_view=True, seed=2, cache_dir=False,
+                 progress=False)
+    assert fs.meta["clean_view"] and "view 0 clean" in fs.meta["augment"]
+    clean = extract(backbone, small, cache_dir=False, progress=False).features
+    augmented = extract(backbone, small, views=3, seed=2, cache_dir=False,
+                        progress=False).features
+    np.testing.assert_array_equal(fs.features[0], clean)
+    np.testing.assert_array_equal(fs.features[1:], augmented[1:])
+    with pytest.raises(NMTuneError, match="clean_view must be True or False"):
+        extract(backbone, small, views=2, clean_view="yes", cache_dir=False, progress=False)
 
 
 def test_row_seeds_do_not_depend_on_the_batch():
@@ -467,6 +485,11 @@ def test_cli_extract_writes_npz_and_hits_the_cache(digits, tmp_path, monkeypatch
     assert "cache hit" in capsys.readouterr().out
     features, labels, meta = load_feature_file(tmp_path / "f.npz")
     assert features.shape == (120, 32) and meta["backbone"] == "cnn4"
+    out = argv.index("--out") + 1
+    assert cli.main([*argv[:out], str(tmp_path / "v.npz"), "--views", "3", "--clean-view"]) == 0
+    views, _, meta = load_feature_file(tmp_path / "v.npz")
+    assert views.shape == (3, 120, 32) and meta["clean_view"]
+    np.testing.assert_array_equal(views[0], features)
 
     assert cli.main([*argv[:2], "nope", *argv[3:]]) == 2
     assert "unknown backbone 'nope'" in capsys.readouterr().err

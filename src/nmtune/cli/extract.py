@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="seeded stratified subset of N rows")
     p.add_argument("--seed", type=int, default=0, help="subset and augmentation seed (default 0)")
     p.add_argument("--views", type=int, default=1, metavar="V", help="augmented views (default 1)")
+    p.add_argument("--clean-view", action="store_true",
+                   help="with --views V > 1: view 0 un-augmented, views 1..V-1 augmented")
     p.add_argument("--batch-size", type=int, default=256, metavar="B", help="default 256")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     cache = p.add_mutually_exclusive_group()
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         backbone,
         dataset,
         views=args.views,
+        clean_view=args.clean_view,
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,
