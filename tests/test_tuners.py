@@ -167,13 +167,32 @@ def test_linear_probe_matches_sklearn_logistic_regression(classes, C):
 
 def test_linear_probe_coefficients_act_on_raw_features():
     X, y = _standardised_blobs()
-    X_raw = X * np.linspace(0.5, 40, X.shape[1]) + 7.0
+    X_raw = X * np.linspace(0.5, 12, X.shape[1]) + 7.0  # scales within 1 / SCALE_FLOOR
     probe = LinearProbe(Cs=[1.0]).fit(X_raw, y)
     np.testing.assert_allclose(probe.decision_function(X_raw), X_raw @ probe.coef_.T
                                + probe.intercept_)
     # Standardising first is the CLIP protocol: the fit must not depend on the raw scale.
     np.testing.assert_allclose(probe.predict_proba(X_raw),
                                LinearProbe(Cs=[1.0]).fit(X, y).predict_proba(X), atol=1e-4)
+
+
+def test_near_dead_features_are_not_blown_up_to_unit_variance():
+    from nmtune.tuners.base import SCALE_FLOOR, standardizer
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6)) * [1.0, 2.0, 1.0, 1e-4, 0.0, 1.0] + 3.0
+    mean, scale = standardizer(X)
+    std = X.std(axis=0)
+    floor = SCALE_FLOOR * np.sqrt(np.mean(std**2))
+    np.testing.assert_allclose(mean, X.mean(axis=0))
+    np.testing.assert_allclose(scale[[0, 1, 2, 5]], std[[0, 1, 2, 5]])  # above the floor
+    assert scale[3] == pytest.approx(floor) and scale[4] == 1.0  # near-dead; constant
+    # The probe on such features equals scikit-learn's on the floored standardisation.
+    y = ((X[:, 0] - 3.0) + (X[:, 3] - 3.0) * 1e4 > 0).astype(int)
+    probe = LinearProbe(Cs=[1.0], tol=1e-8).fit(X, y)
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit((X - mean) / scale, y)
+    np.testing.assert_allclose(probe.predict_proba(X), ref.predict_proba((X - mean) / scale),
+                               atol=2e-3)
 
 
 def test_patience_stops_the_sweep_after_non_improving_cs():
