@@ -50,6 +50,43 @@ def test_config_errors_name_the_problem(change, match, tiny_study):
         config_from_dict({**tiny_study, **change})
 
 
+@pytest.mark.parametrize("entry, match", [
+    ({"method": "nmtune", "clean_view": True}, "clean_view needs views: 2 or more"),
+    ({"method": "nmtune", "views": 2, "clean_view": "yes"}, "clean_view must be true or false"),
+])
+def test_clean_view_entries_are_checked(entry, match, tiny_study):
+    with pytest.raises(NMTuneError, match=match):
+        config_from_dict({**tiny_study, "methods": {"x": entry}})
+
+
+def test_a_clean_view_method_trains_on_its_own_extraction(tmp_path, monkeypatch, tiny_study):
+    import nmtune.features
+
+    calls, got = [], {}
+    real_extract = nmtune.features.extract
+
+    def recording(backbone, dataset, **kw):
+        calls.append((dataset.split, kw["views"], kw["clean_view"]))
+        fs = real_extract(backbone, dataset, **kw)
+        got[calls[-1]] = np.asarray(fs.features)
+        return fs
+
+    monkeypatch.setattr(nmtune.features, "extract", recording)
+    raw = {**tiny_study, "pretrain": None, "noise": None,
+           "methods": {"lp": {"Cs": 1}, "lp-2view": {"method": "lp", "Cs": 1, "views": 2},
+                       "lp-clean": {"method": "lp", "Cs": 1, "views": 2, "clean_view": True}}}
+    tables = run_study(config_from_dict(raw), tmp_path, progress=False)
+    # The training set three ways (1 view, 2 augmented, clean + augmented), each test set once.
+    assert sorted(calls) == sorted([("train", 1, False), ("train", 2, False),
+                                    ("train", 2, True), ("test", 1, False), ("test", 1, False)])
+    clean = got["train", 1, False]
+    np.testing.assert_array_equal(got["train", 2, True][0], clean)
+    assert not np.allclose(got["train", 2, False][0], clean)
+    np.testing.assert_array_equal(got["train", 2, True][1], got["train", 2, False][1])
+    rows = tables["results"]
+    assert sorted(rows.method.unique()) == ["lp", "lp-2view", "lp-clean"] and len(rows) == 6
+
+
 def test_selection_grid_is_a_validation_search():
     search = make_tuner({"method": "nmtune", "select": {"w_cov": [0.0, 0.04]},
                          "select_val_size": 0.25}, seed=3, device="cpu")

@@ -74,7 +74,8 @@ class Cell:
     """One unit of a study's work, the same whichever executor runs it.
 
     ``stage`` is ``pretrain`` (the backbone of grid point ``(ratio, seed)``), ``extract`` (the
-    features of ``spec`` with ``views`` views, into the feature cache), ``spectrum`` (of
+    features of ``spec`` with ``views`` views, view 0 clean with ``clean_view``, into the
+    feature cache), ``spectrum`` (of
     ``spec``) or ``tune`` (``method`` fitted on ``task``, one row per ID/OOD test set).
     """
 
@@ -83,6 +84,7 @@ class Cell:
     seed: int
     spec: SetSpec | None = None
     views: int = 1
+    clean_view: bool = False
     task: TaskSpec | None = None
     method: str | None = None
 
@@ -92,7 +94,8 @@ class Cell:
         if self.stage == "tune":
             what = f" {self.task.name} {self.method}"
         elif self.spec is not None:
-            what = f" {self.spec.label}" + (f" x{self.views}" if self.views > 1 else "")
+            what = (f" {self.spec.label}" + (f" x{self.views}" if self.views > 1 else "")
+                    + (" (view 0 clean)" if self.clean_view else ""))
         else:
             what = ""
         return f"noise {self.ratio:g} seed {self.seed}: {self.stage}{what}"
@@ -100,6 +103,11 @@ class Cell:
 
 def _spectrum_sets(config: StudyConfig) -> list[SetSpec]:
     return list(config.spectrum_of) or list(dict.fromkeys(t.test for t in config.tasks))
+
+
+def train_views(params: dict) -> tuple[int, bool]:
+    """``(views, clean_view)`` of a method entry's training features."""
+    return int(params.get("views", 1)), bool(params.get("clean_view", False))
 
 
 def study_cells(config: StudyConfig) -> dict[Cell, tuple[Cell, ...]]:
@@ -111,27 +119,29 @@ def study_cells(config: StudyConfig) -> dict[Cell, tuple[Cell, ...]]:
         for ratio in config.noise.ratios:
             point = Cell("pretrain", ratio, seed)
             graph[point] = ()
-            needed = [(spec, 1) for spec in _spectrum_sets(config)]
+            needed = [(spec, 1, False) for spec in _spectrum_sets(config)]
             for task in config.tasks:
                 for method in config.methods:
-                    views = int(config.methods[method].get("views", 1))
-                    needed.append((task.train, views))
-                    needed.extend((spec, 1) for _, _, spec in task.evaluations())
-            extracts = {(spec, views): Cell("extract", ratio, seed, spec=spec, views=views)
-                        for spec, views in dict.fromkeys(needed)}
+                    needed.append((task.train, *train_views(config.methods[method])))
+                    needed.extend((spec, 1, False) for _, _, spec in task.evaluations())
+            extracts = {(spec, views, clean): Cell("extract", ratio, seed, spec=spec,
+                                                   views=views, clean_view=clean)
+                        for spec, views, clean in dict.fromkeys(needed)}
             for cell in extracts.values():
                 graph[cell] = (point,)
             for spec in _spectrum_sets(config):
-                graph[Cell("spectrum", ratio, seed, spec=spec)] = (point, extracts[spec, 1])
+                graph[Cell("spectrum", ratio, seed, spec=spec)] = (
+                    point, extracts[spec, 1, False])
             for task in config.tasks:
                 for method in config.methods:
-                    views = int(config.methods[method].get("views", 1))
-                    sets = [(task.train, views)] + [(s, 1) for _, _, s in task.evaluations()]
+                    sets = [(task.train, *train_views(config.methods[method]))] + [
+                        (s, 1, False) for _, _, s in task.evaluations()]
                     graph[Cell("tune", ratio, seed, task=task, method=method)] = (
                         point, *dict.fromkeys(extracts[k] for k in sets))
                 if config.zeroshot is not None:  # scores the test sets only; fits nothing
                     graph[Cell("tune", ratio, seed, task=task, method=ZEROSHOT)] = (
-                        point, *dict.fromkeys(extracts[s, 1] for _, _, s in task.evaluations()))
+                        point, *dict.fromkeys(extracts[s, 1, False]
+                                              for _, _, s in task.evaluations()))
     return graph
 
 
@@ -159,7 +169,7 @@ class StudyRunner:
         if cell.stage == "pretrain":
             return self.pretrain_cell(cell.ratio, cell.seed)
         if cell.stage == "extract":
-            self.features(point, cell.spec, cell.views)
+            self.features(point, cell.spec, cell.views, cell.clean_view)
             return None
         if cell.stage == "spectrum":
             return self.spectrum_cell(point, cell.spec)
@@ -217,26 +227,28 @@ class StudyRunner:
         """The pre-training run folder of grid point ``(ratio, seed)``."""
         return self.out / "pretrain" / run_name(self.cfg, ratio, seed)
 
-    def features(self, point: dict, spec: SetSpec, views: int = 1):
-        """Features and labels of ``spec`` under grid point ``point``'s backbone."""
+    def features(self, point: dict, spec: SetSpec, views: int = 1, clean_view: bool = False):
+        """Features and labels of ``spec`` under grid point ``point``'s backbone (``views``
+        views, view 0 clean with ``clean_view``)."""
         from ..features import extract
 
         if self._features_of != point["identity"]:
             self._features.clear()  # only one point's features are held at a time
             self._features_of = point["identity"]
-        if (spec, views) in self._features:
-            return self._features[spec, views]
+        if (spec, views, clean_view) in self._features:
+            return self._features[spec, views, clean_view]
         fs = extract(
             self.backbone(point["weights"]),
             self.dataset(spec),
             views=views,
+            clean_view=clean_view,
             seed=spec.seed,
             batch_size=self.cfg.features.batch_size,
             device=self.cfg.device,
             cache_dir=self.out / "features",
             progress=self.progress,
         )
-        self._features[spec, views] = fs.features, fs.labels
+        self._features[spec, views, clean_view] = fs.features, fs.labels
         return fs.features, fs.labels
 
     def spectrum_cell(self, point: dict, spec: SetSpec) -> dict:
@@ -257,12 +269,12 @@ class StudyRunner:
     def tune_cells(self, point: dict, task: TaskSpec, method: str, seed: int) -> list:
         """Fit ``method`` on the task's training set once; one row per ID/OOD test set."""
         params = self.cfg.methods[method]
-        views = int(params.get("views", 1))
+        views, clean_view = train_views(params)
         grid = point["grid"]
 
         def compute():
             self.task_classes(task)
-            X_train, y_train = self.features(point, task.train, views=views)
+            X_train, y_train = self.features(point, task.train, views, clean_view)
             tuner = make_tuner(params, seed, self.cfg.device)
             t0 = time.perf_counter()
             tuner.fit(np.asarray(X_train), y_train)

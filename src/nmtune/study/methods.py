@@ -12,7 +12,7 @@ from .._validation import NMTuneError, check_int, check_keys
 from ..tuners import create_tuner, get_tuner, list_tuners
 
 #: Settings of a method entry that belong to the study, not to the estimator.
-_STUDY_METHOD_KEYS = ("method", "views", "select", "select_val_size")
+_STUDY_METHOD_KEYS = ("method", "views", "clean_view", "select", "select_val_size")
 
 
 def parse_methods(obj: Any, source: str, device: str) -> dict:
@@ -44,7 +44,13 @@ def _check_method(params: dict, where: str, device: str) -> None:
         raise NMTuneError(f"{where}: random_state is set from the study's seeds")
     own = [p for p in get_tuner(params["method"]).param_names if p != "random_state"]
     check_keys(params, [*own, *_STUDY_METHOD_KEYS], where)
-    check_int(params.get("views", 1), f"{where}.views", 1)
+    views = check_int(params.get("views", 1), f"{where}.views", 1)
+    clean_view = params.get("clean_view", False)
+    if not isinstance(clean_view, bool):
+        raise NMTuneError(f"{where}.clean_view must be true or false, got {clean_view!r}")
+    if clean_view and views < 2:
+        raise NMTuneError(f"{where}.clean_view needs views: 2 or more (view 0 clean, the rest "
+                          f"augmented), got views: {views}")
     val_size = params.get("select_val_size", 0.2)
     if isinstance(val_size, bool) or not isinstance(val_size, int | float) or not (
             0 < val_size < 1):
@@ -77,6 +83,7 @@ def make_tuner(params: dict, seed: int, device: str):
     grid = params.pop("select", None)
     val_size = params.pop("select_val_size", 0.2)
     params.pop("views", None)
+    params.pop("clean_view", None)
     if "device" in get_tuner(method).param_names:
         params.setdefault("device", device)
     estimator = create_tuner(method, random_state=seed, **params)
