@@ -118,6 +118,18 @@ def test_a_held_out_winner_network_is_refitted_warm_without_a_probe(probe_fits):
     assert auto.best_estimator_.n_steps_ == 2 * 3  # 150 rows in batches of 64: 3 a epoch
 
 
+def test_a_class_missing_from_the_split_fit_gets_a_cold_refit():
+    from nmtune.tuners.base import stratified_split
+
+    X, y = _data(n=150)
+    y[7] = 3  # a class of one sample: the held-out split is a plain shuffle
+    seed = next(s for s in range(50) if 7 in stratified_split(y, 0.2, s)[1])
+    net = {"method": "nmtune", "protocol": "authors", "epochs": 8}
+    auto = AutoTuner(candidates=[net], holdout_above=100, random_state=seed).fit(X, y)
+    assert list(auto.best_estimator_.classes_) == [0, 1, 2, 3]
+    assert len(auto.best_estimator_.history_) == 8  # from scratch, not a quarter
+
+
 def test_registry_and_bad_candidates():
     assert isinstance(create_tuner("auto", n_splits=4), AutoTuner)
     X, y = _data(n=60)

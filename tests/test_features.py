@@ -490,6 +490,8 @@ def test_cli_extract_writes_npz_and_hits_the_cache(digits, tmp_path, monkeypatch
     views, _, meta = load_feature_file(tmp_path / "v.npz")
     assert views.shape == (3, 120, 32) and meta["clean_view"]
     np.testing.assert_array_equal(views[0], features)
+    assert cli.main([*argv[:out], str(tmp_path / "w.npz"), "--clean-view"]) == 2
+    assert "--clean-view needs --views 2 or more" in capsys.readouterr().err
 
     assert cli.main([*argv[:2], "nope", *argv[3:]]) == 2
     assert "unknown backbone 'nope'" in capsys.readouterr().err

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".npz"):
         raise NMTuneError(f"--out must end in .npz, got {args.out}")
+    if args.clean_view and args.views < 2:
+        raise NMTuneError(f"--clean-view needs --views 2 or more, got --views {args.views}")
     dataset = load_dataset(args.dataset, args.split, args.limit, args.seed)
     backbone = create_backbone(
         args.backbone, weights=args.weights, **parse_backbone_args(args.backbone_arg)

@@ -157,10 +157,13 @@ class AutoTuner(FeatureClassifier):
     def _refit(self, candidate: dict, views: np.ndarray, labels: np.ndarray, seed: int,
                split_fit) -> FeatureClassifier:
         """The winner fitted on all rows: warm from ``split_fit`` (its fit on the held-out
-        split's training rows) when it is a network, else from scratch with a probe fitted on
-        all rows if it uses one."""
+        split's training rows) when it is a network that saw every class, else from scratch
+        with a probe fitted on all rows if it uses one."""
         estimator = self._build(candidate, seed)
-        if split_fit is not None and hasattr(estimator, "_fit"):
+        # A class whose only sample fell in the held-out rows is unknown to the split fit:
+        # such a winner is refitted from scratch.
+        if (split_fit is not None and hasattr(estimator, "_fit")
+                and np.array_equal(split_fit.classes_, self.classes_)):
             return estimator._fit(views, labels, warm_start=split_fit)
         if hasattr(estimator, "_settings") and estimator._settings()["head_init"] == "probe":
             probe = LinearProbe(device=self.device, random_state=seed).fit(views, labels)
