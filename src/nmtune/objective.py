@@ -36,9 +36,11 @@ def covariance_penalty(z: torch.Tensor) -> torch.Tensor:
 
 
 def top_singular_ratio(z: torch.Tensor, top_k: int = 5) -> torch.Tensor:
-    """Mean of the top-k of σ(z)/Σσ(z), σ the singular values of the *uncentred* z (maximised)."""
+    """Mean of the top-k of σ(z)/Σσ(z), σ the singular values of the *uncentred* z (maximised);
+    0 for an all-zero z (e.g. constant features, standardised), not 0/0."""
     s = torch.linalg.svdvals(z.float())
-    ratios = s / s.sum()
+    total = s.sum()
+    ratios = s / torch.where(total > 0, total, torch.ones_like(total))
     return ratios[: min(top_k, ratios.numel())].mean()
 
 

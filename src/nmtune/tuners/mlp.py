@@ -446,6 +446,12 @@ class NMTuneClassifier(FeatureClassifier):
                 y_index, float(self.validation), seed
             )
             probe = None  # a shared probe saw the validation rows
+        if self.batch_size == 1 and views.shape[0] == 1 and (
+                self.settings_["feature_augment"] == "none"):
+            raise NMTuneError(
+                "batch_size=1 on single-view features gives BatchNorm one row per step, which "
+                "it cannot normalise; use batch_size >= 2"
+            )
         if warm_start is not None and not np.array_equal(warm_start.classes_, self.classes_):
             raise NMTuneError("a warm start must have seen every class of the training set")
         if self.settings_["head_init"] == "probe" and probe is None and warm_start is None:
@@ -546,12 +552,22 @@ class NMTuneClassifier(FeatureClassifier):
                 fb = data[b, idx] if a != b else self._view_b(fa, std, generator)
                 # Terms of weight 0 are only logged, so they are evaluated on the epoch's
                 # last batch alone: on every step their SVD made an MLP probe fit ~1.7x slower.
-                terms = train_step(self.model_, optimizer, schedule, fa, fb, labels[idx],
-                                   weights, top_k, unweighted=step == len(bounds), units=units)
+                try:
+                    terms = train_step(self.model_, optimizer, schedule, fa, fb, labels[idx],
+                                       weights, top_k, unweighted=step == len(bounds),
+                                       units=units)
+                except torch.linalg.LinAlgError as exc:  # the svd term of non-finite z
+                    self._diverged(epoch, data, units, str(exc))
                 sums += torch.where(unlogged, 0.0, terms)
             self.n_steps_ += len(bounds)
             means = torch.where(unlogged, terms, sums / len(bounds)).tolist()
-            record = {"epoch": epoch, "loss": float(np.dot(means, loss_coefficients(weights))),
+            # The loss of the terms it uses: a logged weight-0 term that overflows is not in it.
+            used = [(m, c) for m, c in zip(means, loss_coefficients(weights), strict=True) if c]
+            if not all(math.isfinite(m) for m, _ in used):
+                self._diverged(epoch, data, units, "loss terms " + ", ".join(
+                    f"{t}={m}" for t, m, c in zip(TERMS, means, loss_coefficients(weights),
+                                                  strict=True) if c))
+            record = {"epoch": epoch, "loss": float(sum(m * c for m, c in used)),
                       **dict(zip(TERMS, means, strict=True))}
             self.history_.append(record)
             if val is None:
@@ -566,6 +582,21 @@ class NMTuneClassifier(FeatureClassifier):
             self.best_epoch_ = epochs
         else:
             self.model_.load_state_dict(best_state)
+
+    def _diverged(self, epoch: int, data: torch.Tensor,
+                  units: tuple[torch.Tensor, torch.Tensor] | None, what: str) -> None:
+        """Raise: training produced non-finite values in ``epoch``."""
+        hint = "lower lr"
+        if units is not None or self.mean_ is None:
+            raw = data.abs() if units is None else data.abs() * units[1] + units[0].abs()
+            largest = float(raw.amax())
+            hint += (f", or rescale the features (largest |x| = {largest:.3g}): the regularisers "
+                     "are computed in their own units")
+            if units is not None:
+                hint += " with raw_regularisers (raw_regularisers=False computes them on the "
+                hint += "standardised features)"
+        raise NMTuneError(f"{type(self).__name__} training diverged in epoch {epoch} ({what}); "
+                          f"{hint}")
 
     def _accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
         self.model_.eval()
