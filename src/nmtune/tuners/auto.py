@@ -49,6 +49,14 @@ DEFAULT_CANDIDATES = (
 )
 
 
+def _same_params(a, b) -> bool:
+    """Whether two estimators have equal parameters (array-valued ones compared by value)."""
+    pa, pb = a.get_params(), b.get_params()
+    return pa.keys() == pb.keys() and all(
+        np.array_equal(pa[k], pb[k]) if isinstance(pa[k], np.ndarray | list)
+        or isinstance(pb[k], np.ndarray | list) else pa[k] == pb[k] for k in pa)
+
+
 class AutoTuner(FeatureClassifier):
     """Chooses among LP, MLP and NMTune variants by cross-validation on the training set and
     refits the winner on all of it.
@@ -112,15 +120,23 @@ class AutoTuner(FeatureClassifier):
         self.device = device
         self.random_state = random_state
 
+    def _validate_params(self) -> None:
+        """The parameters, and every candidate's (so a study's config check catches them)."""
+        super()._validate_params()
+        self._candidates()
+
     def _candidates(self) -> list[dict]:
-        candidates = [dict(c) for c in (DEFAULT_CANDIDATES if self.candidates is None
-                                         else self.candidates)]
+        candidates = list(DEFAULT_CANDIDATES if self.candidates is None else self.candidates)
         if not candidates or not all(isinstance(c, dict) and "method" in c for c in candidates):
             raise NMTuneError("candidates must be a non-empty list of {'method': name, ...} "
                               f"mappings, got {self.candidates!r}")
+        candidates = [dict(c) for c in candidates]
         for c in candidates:
             if c["method"] == "auto":
                 raise NMTuneError("an auto candidate cannot itself be 'auto'")
+            if "random_state" in c:
+                raise NMTuneError(f"candidate {c!r} sets random_state: AutoTuner's random_state "
+                                  "seeds every candidate")
             self._build(c, 0)._validate_params()  # unknown names and bad values fail here
         return candidates
 
@@ -142,12 +158,23 @@ class AutoTuner(FeatureClassifier):
             n_splits=k, shuffle=True, random_state=seed)
         return list(folds.split(np.zeros(n), y_index))
 
+    def _check_splits(self, splits: list, y_index: np.ndarray) -> None:
+        """Every split's training rows must hold two classes for a candidate to be fitted."""
+        for train, _ in splits:
+            if np.unique(y_index[train]).size < 2:
+                counts = np.bincount(y_index)
+                raise NMTuneError(
+                    f"AutoTuner cannot validate its candidates on {y_index.shape[0]} samples "
+                    f"({counts.min()} to {counts.max()} per class): a training split holds one "
+                    "class only; pass more samples, or fit a tuner directly"
+                )
+
     def _fit_one(self, candidate: dict, views: np.ndarray, labels: np.ndarray, seed: int,
                  probe: LinearProbe):
         """The candidate fitted on ``views``/``labels``, reusing ``probe`` (fitted on the same
         rows) as the ``lp`` candidate itself or as a probe-then-tune head."""
         estimator = self._build(candidate, seed)
-        if isinstance(estimator, LinearProbe) and estimator.get_params() == probe.get_params():
+        if isinstance(estimator, LinearProbe) and _same_params(estimator, probe):
             return probe
         fit_with_probe = getattr(estimator, "_fit", None)
         if fit_with_probe is not None:
@@ -189,6 +216,7 @@ class AutoTuner(FeatureClassifier):
         candidates = self._candidates()
         seed = seed_from(self.random_state)
         splits = self._splits(y_index, seed)
+        self._check_splits(splits, y_index)
         scores = np.full((len(candidates), len(splits)), np.nan)
         seconds = np.zeros(len(candidates))
         fitted = [None] * len(candidates)  # the last split's fits: warm starts for the refit
