@@ -134,11 +134,14 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(
-    backbone: Backbone, dataset: Dataset, views: int, augment_id: str, seed: int, dtype: str
+    backbone: Backbone, dataset: Dataset, views: int, augment_id: str, seed: int, dtype: str,
+    clean_view: bool = False,
 ) -> tuple[str, dict]:
     """The cache key (hex sha256) and the JSON payload it hashes.
 
     The seed only enters with ``views > 1``: clean single-view features do not depend on it.
+    ``clean_view`` is a field of its own (present only when true, so other keys are as they
+    were): an augmentation's identity is the user's string, and could spell a clean one.
     """
     payload = {
         "format": FEATURE_FORMAT_VERSION,
@@ -150,6 +153,8 @@ def cache_key(
         "seed": seed if views > 1 else None,
         "dtype": dtype,
     }
+    if clean_view:
+        payload["clean_view"] = True
     return json_digest(payload), payload
 
 
@@ -362,7 +367,8 @@ def extract(
     if device.type == "cpu":
         tune_cpu_allocator()
     backbone.to(device)
-    key, payload = cache_key(backbone, dataset, views, augment_id, seed, dtype)
+    key, payload = cache_key(backbone, dataset, views, augment_id, seed, dtype,
+                             clean_view and views > 1)
     meta = {
         "backbone": backbone.name,
         "backbone_identity": payload["backbone"],
