@@ -213,7 +213,7 @@ def test_a_clean_view_0_beside_the_augmented_views(digits, backbone):
     small = digits.subset(120, seed=0)
     fs = extract(backbone, small, views=3, clean_view=True, seed=2, cache_dir=False,
                  progress=False)
-    assert fs.meta["clean_view"] and "view 0 clean" in fs.meta["augment"]
+    assert fs.meta["clean_view"]
     clean = extract(backbone, small, cache_dir=False, progress=False).features
     augmented = extract(backbone, small, views=3, seed=2, cache_dir=False,
                         progress=False).features

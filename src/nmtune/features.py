@@ -102,15 +102,10 @@ class FeatureSet:
 # -- augmentation --------------------------------------------------------------------------
 
 
-def resolve_augment(augment, modality: str, views: int,
-                    clean_view: bool = False) -> tuple[Callable | None, str]:
-    """The augmentation to apply and its identity for the cache key (none for one view; with
-    ``clean_view``, marked as sparing view 0)."""
+def resolve_augment(augment, modality: str, views: int) -> tuple[Callable | None, str]:
+    """The augmentation to apply and its identity for the cache key (none for one view)."""
     if views == 1:
         return None, "none"
-    if clean_view:
-        fn, identity = resolve_augment(augment, modality, views)
-        return fn, f"{identity}; view 0 clean"
     if augment is None:
         raise NMTuneError(
             f"views={views} needs an augmentation; pass augment='default' or a callable"
@@ -360,15 +355,15 @@ def extract(
         backbone, dataset, views, batch_size, dtype, shard_rows
     )
     started = time.perf_counter()
-    if not isinstance(clean_view, bool):
+    if not isinstance(clean_view, bool | np.bool_):
         raise NMTuneError(f"clean_view must be True or False, got {clean_view!r}")
-    augment_fn, augment_id = resolve_augment(augment, dataset.modality, views, clean_view)
+    clean_view = bool(clean_view) and views > 1  # one view is clean anyway
+    augment_fn, augment_id = resolve_augment(augment, dataset.modality, views)
     device = resolve_device(device)
     if device.type == "cpu":
         tune_cpu_allocator()
     backbone.to(device)
-    key, payload = cache_key(backbone, dataset, views, augment_id, seed, dtype,
-                             clean_view and views > 1)
+    key, payload = cache_key(backbone, dataset, views, augment_id, seed, dtype, clean_view)
     meta = {
         "backbone": backbone.name,
         "backbone_identity": payload["backbone"],
@@ -378,7 +373,7 @@ def extract(
         "n": len(dataset),
         "views": views,
         "augment": augment_id,
-        "clean_view": clean_view and views > 1,
+        "clean_view": clean_view,
         "seed": seed,
         "dtype": dtype,
         "cache_key": key,

@@ -91,8 +91,8 @@ def _batch_terms(
     ``fa``/``fb`` are the batch's two views (``fb`` None: one view, so view b = view a). Both
     views go through the model together, so BatchNorm sees all 2·B rows. CE is over both
     views; the regularisers are :func:`~nmtune.objective.nmtune_terms` of all rows (NaN for
-    those of weight 0 unless ``unweighted``), on ``z·scale + mean`` and ``fa·scale + mean``
-    when ``units`` is ``(mean, scale)``.
+    those of weight 0 unless ``unweighted``), on ``z·multiplier + offset`` and
+    ``fa·multiplier + offset`` when ``units`` is ``(offset, multiplier)``.
     """
     f = fa if fb is None else torch.cat([fa, fb])
     z, logits = model(f)
@@ -131,9 +131,9 @@ def train_step(
         Evaluate (for the log) the terms of weight 0 too; False leaves them NaN and skips
         their cost.
     units : (Tensor, Tensor) or None
-        ``(mean, scale)`` of shape (D,) each: the model's input is ``(f - mean) / scale`` and
-        the regularisers are computed on ``z·scale + mean``, the features' own units. None:
-        on the model's units.
+        ``(offset, multiplier)`` of shape (D,) each: the regularisers are computed on
+        ``z·multiplier + offset`` (``raw_regularisers``: the features' own units, capped at unit
+        scale). None: on the model's units.
 
     Returns
     -------
@@ -563,14 +563,14 @@ class NMTuneClassifier(FeatureClassifier):
                                        weights, top_k, unweighted=step == len(bounds),
                                        units=units)
                 except torch.linalg.LinAlgError as exc:  # the svd term of non-finite z
-                    self._diverged(epoch, data, units, str(exc))
+                    self._diverged(epoch, data, str(exc))
                 sums += torch.where(unlogged, 0.0, terms)
             self.n_steps_ += len(bounds)
             means = torch.where(unlogged, terms, sums / len(bounds)).tolist()
             # The loss of the terms it uses: a logged weight-0 term that overflows is not in it.
             used = [(m, c) for m, c in zip(means, loss_coefficients(weights), strict=True) if c]
             if not all(math.isfinite(m) for m, _ in used):
-                self._diverged(epoch, data, units, "loss terms " + ", ".join(
+                self._diverged(epoch, data, "loss terms " + ", ".join(
                     f"{t}={m}" for t, m, c in zip(TERMS, means, loss_coefficients(weights),
                                                   strict=True) if c))
             record = {"epoch": epoch, "loss": float(sum(m * c for m, c in used)),
@@ -589,18 +589,12 @@ class NMTuneClassifier(FeatureClassifier):
         else:
             self.model_.load_state_dict(best_state)
 
-    def _diverged(self, epoch: int, data: torch.Tensor,
-                  units: tuple[torch.Tensor, torch.Tensor] | None, what: str) -> None:
+    def _diverged(self, epoch: int, data: torch.Tensor, what: str) -> None:
         """Raise: training produced non-finite values in ``epoch``."""
         hint = "lower lr"
-        if units is not None or self.mean_ is None:
-            raw = data.abs() if units is None else data.abs() * units[1] + units[0].abs()
-            largest = float(raw.amax())
-            hint += (f", or rescale the features (largest |x| = {largest:.3g}): the regularisers "
-                     "are computed in their own units")
-            if units is not None:
-                hint += " with raw_regularisers (raw_regularisers=False computes them on the "
-                hint += "standardised features)"
+        if self.mean_ is None:  # raw features: their scale enters the covariance term as x⁴
+            hint += (f", or standardise the features (largest |x| = "
+                     f"{float(data.abs().amax()):.3g}; standardize=True)")
         raise NMTuneError(f"{type(self).__name__} training diverged in epoch {epoch} ({what}); "
                           f"{hint}")
 
