@@ -209,7 +209,7 @@ class AutoTuner(FeatureClassifier):
         -------
         self
         """
-        self._validate_params()
+        super()._validate_params()  # the candidates are checked once, by _candidates below
         views, self.classes_, y_index = check_fit_data(X, y)
         self.n_features_in_ = views.shape[2]
         labels = self.classes_[y_index]
